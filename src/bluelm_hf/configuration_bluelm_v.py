@@ -177,6 +177,41 @@ class BlueLMVConfig(PreTrainedConfig):
         defaults.update(kwargs)
         return cls(**defaults)
 
+    @classmethod
+    def nano(cls, vocab_size: int, **kwargs) -> "BlueLMVConfig":
+        """BlueLM-nano: the same layout in miniature, trained from scratch on CPU by recipes/sft.py.
+
+        112-px tiles of 8x8 patches -> 2x2 merge -> 16 tokens per tile; grids up to 4x4 plus a thumbnail.
+        """
+        defaults = dict(
+            vision_config=dict(
+                model_type="siglip_vision_model",
+                hidden_size=128,
+                intermediate_size=256,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                patch_size=14,
+                image_size=112,
+                vision_use_head=False,
+            ),
+            text_config=dict(
+                model_type="llama",
+                vocab_size=vocab_size,
+                hidden_size=256,
+                intermediate_size=704,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=1024,
+                tie_word_embeddings=True,
+            ),
+            max_grid_size=4,
+            max_image_side=448,
+            vision_batch_size=64,
+        )
+        defaults.update(kwargs)
+        return cls(**defaults)
+
 
 PRESETS = {
     "bluelm-2.5-3b": BlueLMVConfig.bluelm_2_5_3b,

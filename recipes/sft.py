@@ -1,0 +1,98 @@
+# Copyright 2026 The bluelm-hf authors. Apache-2.0.
+"""Supervised fine-tuning of BlueLM with TRL's SFTTrainer: thinking-mode fusion on the nano task.
+
+    python recipes/sft.py --config recipes/nano_sft.yaml
+    accelerate launch recipes/sft.py --config recipes/nano_sft.yaml
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sft.py --config recipes/nano_sft.yaml
+
+With `model_name_or_path` unset, BlueLM-nano is built from scratch: a BPE tokenizer is trained on the task
+corpus, then a randomly initialised nano-shaped BlueLM. Otherwise any BlueLM checkpoint (a path, a Hub id, or
+one made by `bluelm_hf.assemble_bluelm`) is fine-tuned. Thinking-mode fusion: `think_ratio` of the rows carry
+a `<think>` trace, the rest answer directly; the loss is on assistant tokens only (`assistant_only_loss`,
+through the chat template's `{% generation %}` markers). TRL does not support packing or padding-free
+batches for vision datasets, so batches are padded.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
+from bluelm_hf import nano_task
+from bluelm_hf.assemble import init_from_scratch
+from bluelm_hf.training import apply_train_stage
+
+
+@dataclass
+class BlueLMSFTArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "BlueLM checkpoint to fine-tune; unset = build BlueLM-nano from scratch."}
+    )
+    dataset_size: int = field(default=20_000, metadata={"help": "Training rows drawn from the nano task."})
+    data_seed_offset: int = field(default=0, metadata={"help": "Seed of the nano task generator."})
+    think_ratio: float = field(default=0.5, metadata={"help": "Share of thinking-mode rows (mode fusion)."})
+    tokenizer_vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary when building nano."})
+    eval_size: int = field(default=200, metadata={"help": "Held-out rows for the final accuracy check (0: skip)."})
+    train_stage: str = field(
+        default="full",
+        metadata={"help": "'full', 'adapter' (projector only: ViT and LLM frozen) or 'lora' (use --use_peft)."},
+    )
+    vision_lr_decay: float = field(
+        default=1.0, metadata={"help": "Layer-wise LR decay on the ViT (BlueLM-V-3B used 0.9); 1.0 = off."}
+    )
+
+
+def main(script_args, training_args, model_args):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTTrainer, get_peft_config
+
+    from bluelm_hf.training import vision_layerwise_optimizer
+
+    if script_args.model_name_or_path is None:
+        tokenizer = nano_task.train_tokenizer(
+            nano_task.tokenizer_corpus(seed=script_args.data_seed_offset), vocab_size=script_args.tokenizer_vocab_size
+        )
+        model, processor = init_from_scratch(tokenizer, seed=training_args.seed)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(script_args.model_name_or_path, dtype=model_args.dtype)
+        processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
+    apply_train_stage(model, script_args.train_stage)
+
+    train_dataset = nano_task.make_sft_dataset(
+        script_args.dataset_size, seed=script_args.data_seed_offset, think_ratio=script_args.think_ratio
+    )
+    optimizers = (None, None)
+    if script_args.vision_lr_decay != 1.0:
+        optimizers = (vision_layerwise_optimizer(model, training_args, script_args.vision_lr_decay), None)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+        optimizers=optimizers,
+    )
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    wall = time.perf_counter() - start
+    trainer.accelerator.print(f"Training wall time: {wall:.0f} s")
+
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+        model.generation_config.save_pretrained(training_args.output_dir)
+        if script_args.eval_size:
+            from bluelm_hf.evaluation import evaluate_nano
+
+            final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+            for thinking in (True, False):
+                result = evaluate_nano(final.eval(), processor, n=script_args.eval_size, thinking=thinking)
+                trainer.accelerator.print(f"held-out ({'think' if thinking else 'no-think'}): {result}")
+    trainer.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((BlueLMSFTArguments, SFTConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

@@ -1,0 +1,131 @@
+"""Assemble a BlueLM-V model from pretrained parts.
+
+vivo released no BlueLM weights, so the path users take is: a pretrained SigLIP/SigLIP2 vision tower
+(e.g. `google/siglip2-so400m-patch14-384`) + any causal LM with its tokenizer (e.g. `Qwen/Qwen3-1.7B`),
+joined by a freshly initialised downsampler+MLP projector, then trained (recipes/).
+"""
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, SiglipVisionModel
+
+from .configuration_bluelm_v import (
+    IMAGE_END_TOKEN,
+    IMAGE_START_TOKEN,
+    IMAGE_TOKEN,
+    SPECIAL_TOKENS,
+    THINK_END_TOKEN,
+    THINK_MODE_TOKEN,
+    THINK_START_TOKEN,
+    BlueLMVConfig,
+)
+from .image_processing_bluelm_v import BlueLMVImageProcessor
+from .modeling_bluelm_v import BlueLMVForConditionalGeneration, BlueLMVMultiModalProjector
+from .processing_bluelm_v import BlueLMVProcessor, default_chat_template
+
+_VISION_MODEL_TYPES = ("siglip", "siglip_vision_model")
+
+
+def add_bluelm_special_tokens(tokenizer) -> dict[str, int]:
+    """Add every BlueLM special token (one id each) and return the token-id fields of `BlueLMVConfig`."""
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        image_token_id=ids(IMAGE_TOKEN),
+        image_start_token_id=ids(IMAGE_START_TOKEN),
+        image_end_token_id=ids(IMAGE_END_TOKEN),
+        think_mode_token_id=ids(THINK_MODE_TOKEN),
+        think_start_token_id=ids(THINK_START_TOKEN),
+        think_end_token_id=ids(THINK_END_TOKEN),
+    )
+
+
+def assemble_bluelm(
+    vision_model: str,
+    text_model: str,
+    *,
+    dtype: torch.dtype | str | None = None,
+    **config_kwargs,
+) -> tuple[BlueLMVForConditionalGeneration, BlueLMVProcessor]:
+    """Build a BlueLM-V model and processor from a pretrained SigLIP vision tower and a causal LM.
+
+    Args:
+        vision_model: path or Hub id of a fixed-resolution SigLIP/SigLIP2 checkpoint (full or vision-only).
+        text_model: path or Hub id of a causal LM with its tokenizer.
+        dtype: dtype to load both parts in (default: their saved dtype).
+        **config_kwargs: `BlueLMVConfig` fields, e.g. `max_grid_size=3`, `projector_hidden_size=...`.
+
+    The BlueLM special tokens are added to the tokenizer and the LLM embeddings resized; the projector is
+    freshly initialised. Returns `(model, processor)`, both ready for `save_pretrained`.
+    """
+    vision_type = AutoConfig.from_pretrained(vision_model).model_type
+    if vision_type not in _VISION_MODEL_TYPES:
+        raise ValueError(
+            f"{vision_model!r} is a {vision_type!r} model; BlueLM needs a fixed-resolution SigLIP/SigLIP2 "
+            f"vision tower ({' or '.join(_VISION_MODEL_TYPES)}), e.g. google/siglip2-so400m-patch14-384"
+        )
+    load_kwargs = {"dtype": dtype} if dtype is not None else {}
+    vision = SiglipVisionModel.from_pretrained(vision_model, vision_use_head=False, **load_kwargs)
+    text = AutoModelForCausalLM.from_pretrained(text_model, **load_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(text_model)
+    token_ids = add_bluelm_special_tokens(tokenizer)
+
+    config = BlueLMVConfig(
+        vision_config=vision.config.to_dict(),
+        text_config=text.config.to_dict(),
+        tie_word_embeddings=bool(getattr(text.config, "tie_word_embeddings", False)),
+        **token_ids,
+        **config_kwargs,
+    )
+    with torch.device("meta"):
+        model = BlueLMVForConditionalGeneration(config)
+    # Reuse the loaded modules instead of copying weights: no second copy of a 3B model in memory.
+    model.model.vision_tower = vision
+    model.model.language_model = text.model
+    model.lm_head = text.lm_head
+    model.model.multi_modal_projector = BlueLMVMultiModalProjector(config).to(
+        dtype=text.lm_head.weight.dtype
+    )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.generation_config = GenerationConfig.from_model_config(text.config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    return model, build_processor(config, tokenizer)
+
+
+def build_processor(config: BlueLMVConfig, tokenizer) -> BlueLMVProcessor:
+    """The processor matching `config`'s tile size and AnyRes settings, with the BlueLM chat template."""
+    image_processor = BlueLMVImageProcessor(
+        tile_size=config.vision_config.image_size,
+        patch_size=config.vision_config.patch_size,
+        downsample_factor=config.downsample_factor,
+        max_grid_size=config.max_grid_size,
+        max_image_side=config.max_image_side,
+        anyres_alpha=config.anyres_alpha,
+        use_thumbnail=config.use_thumbnail,
+    )
+    tokenizer.chat_template = default_chat_template()
+    return BlueLMVProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def init_from_scratch(
+    tokenizer, config_factory=BlueLMVConfig.nano, seed: int = 0, **config_kwargs
+) -> tuple[BlueLMVForConditionalGeneration, BlueLMVProcessor]:
+    """A randomly initialised BlueLM (default: the BlueLM-nano shape) for `tokenizer`, plus its processor."""
+    token_ids = add_bluelm_special_tokens(tokenizer)
+    config = config_factory(vocab_size=len(tokenizer), **token_ids, **config_kwargs)
+    torch.manual_seed(seed)
+    model = BlueLMVForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    return model, build_processor(config, tokenizer)
+
+
+__all__ = ["add_bluelm_special_tokens", "assemble_bluelm", "build_processor", "init_from_scratch"]

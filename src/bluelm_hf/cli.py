@@ -1,0 +1,123 @@
+"""`bluelm-hf` command line: info, chat, eval, export, card."""
+
+import argparse
+import sys
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    import bluelm_hf
+    from bluelm_hf import PRESETS, BlueLMVForConditionalGeneration
+
+    print(f"bluelm-hf {bluelm_hf.__version__}")
+    print(f"{'preset':<16} {'total':>8} {'vision':>8} {'projector':>10} {'LLM':>8}  grid  tokens/tile")
+    for name, make in PRESETS.items():
+        config = make()
+        with torch.device("meta"):
+            model = BlueLMVForConditionalGeneration(config)
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        vit, proj = count(model.vision_tower), count(model.multi_modal_projector)
+        total = count(model)
+        llm = total - vit - proj
+        print(
+            f"{name:<16} {total / 1e9:>7.3f}B {vit / 1e9:>7.3f}B {proj / 1e6:>9.1f}M {llm / 1e9:>7.3f}B"
+            f"  {config.max_grid_size}x{config.max_grid_size}  {config.image_tokens_per_tile}"
+        )
+    nano = bluelm_hf.NANO
+    print(f"BlueLM-nano checkpoint: {nano if (nano / 'config.json').exists() else 'not bundled in this install'}")
+    return 0
+
+
+DEFAULT_QUESTION = "Which colour is most common?"
+
+
+
+
+def cmd_chat(args) -> int:
+    from . import nano_task
+    from .inference import load, stream_chat, user_message
+
+    model, processor = load(args.model)
+    image_path = args.image or nano_task.EXAMPLE_IMAGE_PATH
+    image = processor.image_processor.fetch_images(str(image_path))  # clear errors for bad files
+    question = args.question or DEFAULT_QUESTION
+    print(f"image: {image_path} ({image.width}x{image.height})")
+    print(f"question: {question}")
+    mode = "thinking" if args.think else "non-thinking"
+    budget = f", budget {args.budget}" if args.budget is not None else ""
+    print(f"[{mode}{budget}]")
+    current = None
+    for kind, text in stream_chat(
+        model,
+        processor,
+        [user_message(question, 1)],
+        [image],
+        thinking=args.think,
+        thinking_budget=args.budget,
+        max_new_tokens=args.max_new_tokens,
+    ):
+        if kind != current:
+            print(("\n" if current else "") + ("reasoning: " if kind == "reasoning" else "answer: "), end="")
+            current = kind
+        print(text, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .evaluation import evaluate_nano
+    from .inference import load
+
+    model, processor = load(args.model)
+    result = evaluate_nano(
+        model, processor, n=args.n, thinking=args.think, thinking_budget=args.budget, batch_size=args.batch_size
+    )
+    result["model"] = str(args.model or "bluelm-nano (bundled)")
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def _add_generation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="checkpoint path or Hub id (default: bundled BlueLM-nano)")
+    parser.add_argument(
+        "--think", action=argparse.BooleanOptionalAction, default=True, help="thinking mode (default: on)"
+    )
+    parser.add_argument("--budget", type=int, default=None, help="thinking-token budget (default: unlimited)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bluelm_hf import __version__
+
+    parser = argparse.ArgumentParser(prog="bluelm-hf", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bluelm-hf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="presets and their parameter counts")
+    info.set_defaults(func=cmd_info)
+
+    chat = sub.add_parser("chat", help="ask a question about an image (default: nano + bundled example)")
+    chat.add_argument("question", nargs="?", default=None, help=f"default: {DEFAULT_QUESTION!r}")
+    chat.add_argument("--image", default=None, help="image file (default: the bundled example strip)")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    _add_generation_args(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    evaluate = sub.add_parser("eval", help="accuracy on the nano task's held-out split")
+    evaluate.add_argument("--n", type=int, default=500, help="held-out questions (default 500)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON line")
+    _add_generation_args(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

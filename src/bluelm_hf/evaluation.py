@@ -1,0 +1,68 @@
+"""Held-out evaluation on the nano task: accuracy, thinking length and mode-switch reliability."""
+
+from . import nano_task
+from .inference import generate
+
+
+def evaluate_nano(
+    model,
+    processor,
+    n: int = nano_task.NANO_EVAL_SIZE,
+    *,
+    thinking: bool = True,
+    thinking_budget: int | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    seed: int = nano_task.NANO_EVAL_SEED,
+    dataset=None,
+) -> dict:
+    """Greedy-decode `n` held-out questions and score them.
+
+    Returns a dict: `accuracy`, `n`, `mean_thinking_tokens`, `well_formed` (share of rows whose completion has
+    exactly the shape the mode asks for: `<think>...</think>answer` in thinking mode, no think tag otherwise),
+    `rows_with_think_tag`, and the `thinking`/`thinking_budget` settings.
+    """
+    dataset = dataset if dataset is not None else nano_task.make_eval_set(n, seed=seed)
+    n = len(dataset)
+    correct = well_formed = with_think = thinking_tokens = 0
+    predictions = []
+    for start in range(0, n, batch_size):
+        rows = dataset[start : start + batch_size]
+        outputs = generate(
+            model,
+            processor,
+            rows["question"],
+            rows["image"],
+            thinking=thinking,
+            thinking_budget=thinking_budget,
+            max_new_tokens=max_new_tokens,
+        )
+        for out, answer in zip(outputs, rows["answer"]):
+            ok = nano_task.score(out["content"], answer)
+            correct += ok
+            has_tag = "<think>" in out["text"] or "</think>" in out["text"]
+            with_think += has_tag
+            if thinking:
+                text = out["text"].strip()
+                well_formed += (
+                    text.startswith("<think>")
+                    and text.count("<think>") == 1
+                    and text.count("</think>") == 1
+                    and bool(out["content"].strip())
+                )
+            else:
+                well_formed += not has_tag and bool(out["content"].strip())
+            thinking_tokens += out["num_thinking_tokens"]
+            predictions.append(out["content"])
+    return {
+        "accuracy": correct / n,
+        "n": n,
+        "thinking": thinking,
+        "thinking_budget": thinking_budget,
+        "mean_thinking_tokens": thinking_tokens / n,
+        "well_formed": well_formed / n,
+        "rows_with_think_tag": with_think,
+    }
+
+
+__all__ = ["evaluate_nano"]

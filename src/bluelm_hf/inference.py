@@ -1,0 +1,147 @@
+"""Loading and batched chat generation shared by the CLI, evaluation and the demo Space."""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None):
+    """Load `(model, processor)` from a path or Hub id; default: the bundled BlueLM-nano, offline."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from . import NANO
+
+    path = Path(model) if model is not None and Path(model).exists() else model
+    if path is None:
+        if not (NANO / "config.json").exists():
+            raise FileNotFoundError(
+                f"BlueLM-nano is not bundled at {NANO}; pass a model path or Hub id, or train it with "
+                "`python recipes/sft.py --config recipes/nano_sft.yaml`."
+            )
+        path = NANO
+    if isinstance(path, Path):
+        if not path.is_dir():
+            raise FileNotFoundError(f"Model directory {path} does not exist")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    loaded = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    return loaded, processor
+
+
+def user_message(question: str, num_images: int = 1) -> dict:
+    """A user turn with `num_images` image blocks followed by the question."""
+    return {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": question}]}
+
+
+def build_prompts(processor, conversations: list[list[dict]], thinking: bool) -> list[str]:
+    return [
+        processor.apply_chat_template(conv, add_generation_prompt=True, enable_thinking=thinking)
+        for conv in conversations
+    ]
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    processor,
+    questions: list[str],
+    images: list[Image.Image | None],
+    *,
+    thinking: bool = True,
+    thinking_budget: int | list[int] | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    streamer=None,
+    **generate_kwargs,
+) -> list[dict]:
+    """Answer one question per image (None for text-only) in one left-padded batch.
+
+    Returns one dict per row: `reasoning_content`, `content` (see `thinking.parse_response`),
+    `text` (the raw completion) and `num_thinking_tokens` (tokens strictly between <think> and </think>).
+    """
+    if len(questions) != len(images):
+        raise ValueError(f"Got {len(questions)} questions but {len(images)} images")
+    conversations = [[user_message(q, 0 if img is None else 1)] for q, img in zip(questions, images)]
+    prompts = build_prompts(processor, conversations, thinking)
+    present = [img for img in images if img is not None]
+    processor.tokenizer.padding_side = "left"
+    batch = processor(text=prompts, images=present or None, return_tensors="pt", padding=True).to(model.device)
+    generate_kwargs.setdefault("do_sample", False)
+    out = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        thinking_budget=thinking_budget,
+        streamer=streamer,
+        **generate_kwargs,
+    )
+    completions = out[:, batch["input_ids"].shape[1] :]
+    return [_parse_completion(processor, row, model.config) for row in completions]
+
+
+def stream_chat(
+    model,
+    processor,
+    conversation: list[dict],
+    images: list[Image.Image],
+    *,
+    thinking: bool = True,
+    thinking_budget: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    **generate_kwargs,
+):
+    """Generate the next assistant turn of `conversation`, yielding `ThinkingChunk(kind, text)` as it streams.
+
+    `kind` is "reasoning" or "answer"; `images` are the conversation's images in placeholder order.
+    """
+    from threading import Thread
+
+    from .thinking import ThinkingStreamer
+
+    prompt = build_prompts(processor, [conversation], thinking)[0]
+    batch = processor(text=[prompt], images=images or None, return_tensors="pt").to(model.device)
+    streamer = ThinkingStreamer(processor.tokenizer, timeout=600)
+    generate_kwargs.setdefault("do_sample", False)
+    kwargs = dict(
+        **batch, max_new_tokens=max_new_tokens, thinking_budget=thinking_budget, streamer=streamer, **generate_kwargs
+    )
+    errors = []
+
+    def run():
+        try:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+        except BaseException as exc:  # surfaced to the caller below, never swallowed
+            errors.append(exc)
+            streamer.end()
+
+    thread = Thread(target=run, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _parse_completion(processor, ids: torch.Tensor, config) -> dict:
+    from .thinking import parse_response
+
+    tokenizer = processor.tokenizer
+    ids = ids.tolist()
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        ids = [i for i in ids if i != tokenizer.pad_token_id]
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    num_thinking = 0
+    if config.think_start_token_id in ids:
+        start = ids.index(config.think_start_token_id) + 1
+        end = ids.index(config.think_end_token_id, start) if config.think_end_token_id in ids[start:] else len(ids)
+        num_thinking = end - start
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return {**parse_response(text), "text": text, "num_thinking_tokens": num_thinking}
+
+
+__all__ = ["generate", "load", "stream_chat", "user_message"]

@@ -1,0 +1,76 @@
+"""Training-stage presets from the BlueLM papers, shared by recipes/sft.py and recipes/grpo.py.
+
+- `adapter`: the alignment stage: ViT and LLM frozen, only the projector (downsampler MLP) trains.
+- `full`: everything trains; optionally with a layer-wise learning-rate decay on the ViT
+  (`vision_lr_decay`; BlueLM-V-3B used 0.9), so early ViT layers move least.
+- `lora`: the ViT is frozen; PEFT LoRA adapters on the LLM are added by TRL from `--use_peft`
+  (see `recipes/README.md`); the projector stays trainable.
+"""
+
+import re
+
+import torch
+
+TRAIN_STAGES = ("full", "adapter", "lora")
+_LAYER_RE = re.compile(r"vision_tower\..*?layers\.(\d+)\.")
+
+
+def apply_train_stage(model, stage: str) -> None:
+    """Set `requires_grad` for a training stage (see module docstring)."""
+    if stage not in TRAIN_STAGES:
+        raise ValueError(f"train_stage must be one of {TRAIN_STAGES}, got {stage!r}")
+    if stage == "full":
+        model.requires_grad_(True)
+        return
+    model.requires_grad_(False)
+    model.multi_modal_projector.requires_grad_(True)
+    if stage == "lora":
+        # PEFT wraps the LLM later and makes only its adapters trainable; the LLM's own weights stay frozen.
+        return
+
+
+def vision_layer_depth(name: str, num_layers: int) -> int | None:
+    """Depth of a ViT parameter: 0 = patch/position embeddings, i+1 = encoder layer i, L+1 = final norm.
+
+    None for parameters outside the vision tower.
+    """
+    if "vision_tower." not in name:
+        return None
+    match = _LAYER_RE.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    if "embeddings" in name:
+        return 0
+    return num_layers + 1
+
+
+def vision_layerwise_param_groups(model, lr: float, decay: float, weight_decay: float = 0.0) -> list[dict]:
+    """AdamW parameter groups where ViT depth d gets `lr * decay ** (L + 1 - d)`; everything else `lr`."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"vision_lr_decay must be in (0, 1], got {decay}")
+    num_layers = model.config.vision_config.num_hidden_layers
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth = vision_layer_depth(name, num_layers)
+        scale = 1.0 if depth is None else decay ** (num_layers + 1 - depth)
+        groups.setdefault(scale, []).append(param)
+    return [
+        {"params": params, "lr": lr * scale, "weight_decay": weight_decay, "lr_scale": scale}
+        for scale, params in sorted(groups.items())
+    ]
+
+
+def vision_layerwise_optimizer(model, training_args, decay: float) -> torch.optim.Optimizer:
+    """AdamW over `vision_layerwise_param_groups`, with the TrainingArguments' betas, eps and weight decay."""
+    groups = vision_layerwise_param_groups(model, training_args.learning_rate, decay, training_args.weight_decay)
+    return torch.optim.AdamW(
+        groups,
+        lr=training_args.learning_rate,
+        betas=(training_args.adam_beta1, training_args.adam_beta2),
+        eps=training_args.adam_epsilon,
+    )
+
+
+__all__ = ["TRAIN_STAGES", "apply_train_stage", "vision_layerwise_optimizer", "vision_layerwise_param_groups"]
