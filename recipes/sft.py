@@ -5,7 +5,7 @@
     accelerate launch recipes/sft.py --config recipes/nano_sft.yaml
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sft.py --config recipes/nano_sft.yaml
 
-With `model_name_or_path` unset, BlueLM-nano is built from scratch: a BPE tokenizer is trained on the task
+With `--model_name_or_path` unset, BlueLM-nano is built from scratch: a BPE tokenizer is trained on the task
 corpus, then a randomly initialised nano-shaped BlueLM. Otherwise any BlueLM checkpoint (a path, a Hub id, or
 one made by `bluelm_hf.assemble_bluelm`) is fine-tuned. Thinking-mode fusion: `think_ratio` of the rows carry
 a `<think>` trace, the rest answer directly; the loss is on assistant tokens only (`assistant_only_loss`,
@@ -24,9 +24,6 @@ from bluelm_hf.training import apply_train_stage
 
 @dataclass
 class BlueLMSFTArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "BlueLM checkpoint to fine-tune; unset = build BlueLM-nano from scratch."}
-    )
     dataset_size: int = field(default=20_000, metadata={"help": "Training rows drawn from the nano task."})
     data_seed_offset: int = field(default=0, metadata={"help": "Seed of the nano task generator."})
     think_ratio: float = field(default=0.5, metadata={"help": "Share of thinking-mode rows (mode fusion)."})
@@ -47,14 +44,14 @@ def main(script_args, training_args, model_args):
 
     from bluelm_hf.training import vision_layerwise_optimizer
 
-    if script_args.model_name_or_path is None:
+    if model_args.model_name_or_path is None:  # build BlueLM-nano from scratch
         tokenizer = nano_task.train_tokenizer(
             nano_task.tokenizer_corpus(seed=script_args.data_seed_offset), vocab_size=script_args.tokenizer_vocab_size
         )
         model, processor = init_from_scratch(tokenizer, seed=training_args.seed)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(script_args.model_name_or_path, dtype=model_args.dtype)
-        processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
+        model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, dtype=model_args.dtype)
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     apply_train_stage(model, script_args.train_stage)
 
     train_dataset = nano_task.make_sft_dataset(

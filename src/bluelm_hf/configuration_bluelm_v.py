@@ -186,9 +186,9 @@ class BlueLMVConfig(PreTrainedConfig):
         defaults = dict(
             vision_config=dict(
                 model_type="siglip_vision_model",
-                hidden_size=128,
-                intermediate_size=256,
-                num_hidden_layers=3,
+                hidden_size=96,
+                intermediate_size=192,
+                num_hidden_layers=2,
                 num_attention_heads=4,
                 patch_size=14,
                 image_size=112,
@@ -197,8 +197,8 @@ class BlueLMVConfig(PreTrainedConfig):
             text_config=dict(
                 model_type="llama",
                 vocab_size=vocab_size,
-                hidden_size=256,
-                intermediate_size=704,
+                hidden_size=192,
+                intermediate_size=512,
                 num_hidden_layers=4,
                 num_attention_heads=4,
                 num_key_value_heads=2,
