@@ -1,0 +1,129 @@
+"""Training options shared by the recipes: stage presets, ViT layer-wise LR decay, LoRA, resume."""
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from bluelm_hf import BlueLMVForConditionalGeneration, nano_task
+from bluelm_hf.assemble import add_bluelm_special_tokens
+from bluelm_hf.training import apply_train_stage, vision_layer_depth, vision_layerwise_param_groups
+
+
+@pytest.fixture
+def fresh_model(tiny_tokenizer):
+    token_ids = add_bluelm_special_tokens(tiny_tokenizer)
+    torch.manual_seed(0)
+    return BlueLMVForConditionalGeneration(tiny_config(token_ids, vocab_size=len(tiny_tokenizer)))
+
+
+def trainable(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def test_adapter_stage_trains_projector_only(fresh_model):
+    apply_train_stage(fresh_model, "adapter")
+    assert trainable(fresh_model.vision_tower) == 0
+    assert trainable(fresh_model.language_model) == 0
+    assert trainable(fresh_model.lm_head) == 0
+    assert trainable(fresh_model.multi_modal_projector) == sum(
+        p.numel() for p in fresh_model.multi_modal_projector.parameters()
+    )
+    apply_train_stage(fresh_model, "full")
+    assert trainable(fresh_model) == sum(p.numel() for p in fresh_model.parameters())
+    with pytest.raises(ValueError, match="train_stage must be one of"):
+        apply_train_stage(fresh_model, "everything")
+
+
+def test_vision_layerwise_lr_decay(fresh_model):
+    layers = fresh_model.config.vision_config.num_hidden_layers  # 2
+    groups = vision_layerwise_param_groups(fresh_model, lr=1.0, decay=0.9)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(fresh_model.named_parameters())
+    embed = named["model.vision_tower.embeddings.patch_embedding.weight"]
+    first = named["model.vision_tower.encoder.layers.0.mlp.fc1.weight"]
+    last = named[f"model.vision_tower.encoder.layers.{layers - 1}.mlp.fc1.weight"]
+    norm = named["model.vision_tower.post_layernorm.weight"]
+    proj = named["model.multi_modal_projector.linear_1.weight"]
+    llm = named["model.language_model.layers.0.mlp.up_proj.weight"]
+    assert lr_of[id(embed)] == pytest.approx(0.9 ** (layers + 1))
+    assert lr_of[id(first)] == pytest.approx(0.9**layers)
+    assert lr_of[id(last)] == pytest.approx(0.9)
+    assert lr_of[id(norm)] == pytest.approx(1.0)
+    assert lr_of[id(proj)] == lr_of[id(llm)] == 1.0
+    assert sum(len(g["params"]) for g in groups) == len(named)
+    assert vision_layer_depth("model.language_model.layers.3.mlp.up_proj.weight", layers) is None
+    with pytest.raises(ValueError, match=r"vision_lr_decay must be in \(0, 1\]"):
+        vision_layerwise_param_groups(fresh_model, lr=1.0, decay=1.5)
+
+
+def test_lora_targets_the_llm_only(fresh_model):
+    from peft import LoraConfig, get_peft_model
+
+    apply_train_stage(fresh_model, "lora")
+    config = LoraConfig(
+        r=4,
+        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        modules_to_save=["multi_modal_projector"],
+    )
+    model = get_peft_model(fresh_model, config)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n and "language_model" in n for n in names)
+    assert not any("vision_tower" in n for n in names)
+    assert any("multi_modal_projector" in n for n in names)
+
+
+def _train(tmp_path, tiny_processor, tiny_tokenizer, max_steps, resume=None, save_steps=2, stop_at=None):
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    class Interrupt(TrainerCallback):  # the run dies after `stop_at` steps (its checkpoint is saved first)
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_at is not None and state.global_step >= stop_at:
+                control.should_save = True
+                control.should_training_stop = True
+
+    token_ids = add_bluelm_special_tokens(tiny_tokenizer)
+    torch.manual_seed(0)
+    model = BlueLMVForConditionalGeneration(tiny_config(token_ids, vocab_size=len(tiny_tokenizer)))
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=max_steps,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_steps=save_steps,
+        save_strategy="steps",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        assistant_only_loss=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    dataset = nano_task.make_sft_dataset(16, seed=3)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=copy.deepcopy(tiny_processor),
+        callbacks=[Interrupt()],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_loss_curve(tmp_path, tiny_processor, tiny_tokenizer):
+    full = _train(tmp_path / "full", tiny_processor, tiny_tokenizer, max_steps=4, save_steps=100)
+    _train(tmp_path / "cut", tiny_processor, tiny_tokenizer, max_steps=4, save_steps=100, stop_at=2)
+    resumed = _train(
+        tmp_path / "cut", tiny_processor, tiny_tokenizer, max_steps=4, resume=str(tmp_path / "cut" / "checkpoint-2")
+    )
+    assert sorted(full) == [1, 2, 3, 4]
+    assert set(resumed) >= {3, 4}
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-4), (step, resumed, full)
