@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
 from bluelm_hf import nano_task
-from bluelm_hf.training import apply_train_stage
+from bluelm_hf.training import apply_train_stage, report_process_group
 
 
 @dataclass
@@ -46,6 +46,8 @@ def grpo_dataset(n: int, seed: int, thinking: bool):
 def main(script_args, training_args, model_args):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOTrainer, get_peft_config
+
+    report_process_group()
 
     from bluelm_hf.rewards import build_reward_funcs
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
 from bluelm_hf import nano_task
 from bluelm_hf.assemble import init_from_scratch
-from bluelm_hf.training import apply_train_stage
+from bluelm_hf.training import apply_train_stage, report_process_group
 
 
 @dataclass
@@ -41,6 +41,8 @@ class BlueLMSFTArguments:
 def main(script_args, training_args, model_args):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTTrainer, get_peft_config
+
+    report_process_group()
 
     from bluelm_hf.training import vision_layerwise_optimizer
 

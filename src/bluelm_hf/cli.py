@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
     _add_generation_args(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    from .model_card import add_card_subcommand
+
+    add_card_subcommand(sub)
     return parser
 
 

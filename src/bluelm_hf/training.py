@@ -73,4 +73,20 @@ def vision_layerwise_optimizer(model, training_args, decay: float) -> torch.opti
     )
 
 
-__all__ = ["TRAIN_STAGES", "apply_train_stage", "vision_layerwise_optimizer", "vision_layerwise_param_groups"]
+def report_process_group() -> None:
+    """Print this process's rank and the process group it is in (every rank prints; used to prove DDP/gloo runs)."""
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    state = PartialState()
+    if dist.is_available() and dist.is_initialized():
+        ranks = torch.tensor([state.process_index], dtype=torch.long)
+        gathered = [torch.zeros_like(ranks) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, ranks)  # fails unless every rank is in the same group
+        group = f"backend={dist.get_backend()} world_size={dist.get_world_size()} ranks={sorted(int(t) for t in gathered)}"
+    else:
+        group = "no process group (single process)"
+    print(f"[bluelm-hf] rank {state.process_index}/{state.num_processes}: {group}", flush=True)
+
+
+__all__ = ["TRAIN_STAGES", "report_process_group", "apply_train_stage", "vision_layerwise_optimizer", "vision_layerwise_param_groups"]

@@ -1,0 +1,61 @@
+"""The distributed path for real: `accelerate launch` with 2 CPU processes in one gloo process group runs
+SFT (BlueLM-nano from scratch) and then GRPO on its output, a few steps each."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(script: str, *args: str) -> str:
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"),
+        "--main_process_port", str(free_port()),
+        str(ROOT / "recipes" / script), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def assert_one_group_of_two(output: str) -> None:
+    for rank in (0, 1):
+        assert f"[bluelm-hf] rank {rank}/2: backend=gloo world_size=2 ranks=[0, 1]" in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_sft_then_grpo(tmp_path):
+    sft_dir = tmp_path / "sft"
+    out = launch(
+        "sft.py", "--config", str(ROOT / "recipes/nano_sft.yaml"),
+        "--output_dir", str(sft_dir), "--max_steps", "2", "--dataset_size", "16",
+        "--per_device_train_batch_size", "2", "--eval_size", "0", "--save_strategy", "no",
+        "--dataloader_num_workers", "0", "--logging_steps", "1",
+    )  # fmt: skip
+    assert_one_group_of_two(out)
+    assert (sft_dir / "config.json").exists() and (sft_dir / "model.safetensors").exists()
+
+    grpo_dir = tmp_path / "grpo"
+    out = launch(
+        "grpo.py", "--config", str(ROOT / "recipes/nano_grpo.yaml"),
+        "--model_name_or_path", str(sft_dir), "--output_dir", str(grpo_dir), "--max_steps", "2",
+        "--dataset_size", "8", "--per_device_train_batch_size", "2", "--num_generations", "2",
+        "--max_completion_length", "8", "--eval_size", "0", "--logging_steps", "1",
+    )  # fmt: skip
+    assert_one_group_of_two(out)
+    assert "GRPO wall time" in out and "2 process(es)" in out
+    assert (grpo_dir / "model.safetensors").exists()
