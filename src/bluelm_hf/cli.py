@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
+    from .export import add_export_subcommand
     from .model_card import add_card_subcommand
 
+    add_export_subcommand(sub)
     add_card_subcommand(sub)
     return parser
 

@@ -232,6 +232,8 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
 
 class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # bitsandbytes quantizes the LLM only: the paper keeps the ViT and projector at higher precision.
+    _keep_in_fp32_modules = ["model.vision_tower", "model.multi_modal_projector"]
     _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: BlueLMVConfig):
