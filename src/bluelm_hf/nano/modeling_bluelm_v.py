@@ -1,0 +1,330 @@
+"""PyTorch BlueLM-V: SigLIP vision tower -> 2x2 token downsampler + MLP -> decoder-only LLM.
+
+Follows transformers 5 VLM conventions (see `models/lfm2_vl`, `models/llava_next`): submodules are
+named `vision_tower`, `multi_modal_projector`, `language_model` and `lm_head`, so PEFT target modules,
+bitsandbytes skip lists, `device_map` and `transformers.exporters` find them.
+
+Shipped as remote code next to `save_pretrained` checkpoints: imports transformers, torch and
+sibling files only.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, LogitsProcessorList, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import can_return_tuple
+
+from .configuration_bluelm_v import BlueLMVConfig
+
+
+def tiles_per_image(image_grids: torch.Tensor, use_thumbnail: bool = True) -> torch.Tensor:
+    """Tiles of each image from its AnyRes grid: rows*cols, plus a thumbnail when the grid has >1 tile.
+
+    image_grids: (num_images, 2) as (num_rows, num_cols).
+    """
+    grid_tiles = image_grids[:, 0] * image_grids[:, 1]
+    if use_thumbnail:
+        return grid_tiles + (grid_tiles > 1).to(grid_tiles.dtype)
+    return grid_tiles
+
+
+class BlueLMVMultiModalProjector(nn.Module):
+    """VILA-style token downsampler then a 2-layer MLP.
+
+    The ViT's g x g patch grid (27x27 for so400m-patch14-384) is zero-padded to a multiple of the factor
+    (28x28), each f x f neighbourhood is concatenated channel-wise (729 -> 196 tokens of width 4*1152),
+    then Linear-GELU-Linear maps into the LLM width.
+    """
+
+    def __init__(self, config: BlueLMVConfig):
+        super().__init__()
+        self.downsample_factor = config.downsample_factor
+        in_features = config.vision_config.hidden_size * config.downsample_factor**2
+        self.linear_1 = nn.Linear(in_features, config.projector_hidden_size, bias=config.projector_bias)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(
+            config.projector_hidden_size, config.text_config.hidden_size, bias=config.projector_bias
+        )
+
+    def downsample(self, image_features: torch.Tensor) -> torch.Tensor:
+        """(tiles, g*g, C) -> (tiles, ceil(g/f)^2, f*f*C), row-major over merged positions."""
+        num_tiles, num_patches, channels = image_features.shape
+        side = int(round(num_patches**0.5))
+        if side * side != num_patches:
+            raise ValueError(f"Expected a square patch grid, got {num_patches} patches per tile")
+        factor = self.downsample_factor
+        pad = (-side) % factor
+        grid = image_features.view(num_tiles, side, side, channels)
+        if pad:
+            grid = nn.functional.pad(grid, (0, 0, 0, pad, 0, pad))
+        merged = (side + pad) // factor
+        grid = grid.view(num_tiles, merged, factor, merged, factor, channels)
+        grid = grid.permute(0, 1, 3, 2, 4, 5)
+        return grid.reshape(num_tiles, merged * merged, factor * factor * channels)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.linear_1(self.downsample(image_features))
+        return self.linear_2(self.act(hidden_states))
+
+
+class BlueLMVPreTrainedModel(PreTrainedModel):
+    config: BlueLMVConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+
+@dataclass
+class BlueLMVModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.Tensor` of shape `(num_image_tokens, hidden_size)`, *optional*):
+        Projected image features, in placeholder order.
+    """
+
+    image_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class BlueLMVCausalLMOutputWithPast(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor] | None = None
+    attentions: tuple[torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+
+class BlueLMVModel(BlueLMVPreTrainedModel):
+    def __init__(self, config: BlueLMVConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = BlueLMVMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_grids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values (`torch.Tensor` of shape `(num_tiles, 3, tile, tile)`):
+            All AnyRes tiles of all images of the batch, image after image (grid tiles row-major, then the thumbnail).
+        image_grids (`torch.LongTensor` of shape `(num_images, 2)`, *optional*):
+            (num_rows, num_cols) of each image's grid; used to split features per image. Without it all tiles
+            are taken as one image.
+
+        Returns `pooler_output`: a list with one `(tiles_i * tokens_per_tile, hidden_size)` tensor per image.
+        Tiles go through the ViT in chunks of `config.vision_batch_size`, so cost is linear in the tile count.
+        """
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must have shape (num_tiles, 3, height, width), got {tuple(pixel_values.shape)}"
+            )
+        num_tiles = pixel_values.shape[0]
+        if image_grids is not None:
+            counts = tiles_per_image(image_grids, self.config.use_thumbnail).tolist()
+            if sum(counts) != num_tiles:
+                raise ValueError(
+                    f"image_grids describe {sum(counts)} tiles ({counts} per image) but pixel_values has "
+                    f"{num_tiles} tiles"
+                )
+        else:
+            counts = [num_tiles]
+
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        hidden = [
+            self.vision_tower(pixel_values=chunk, return_dict=True).last_hidden_state
+            for chunk in pixel_values.split(self.config.vision_batch_size)
+        ]
+        last_hidden_state = torch.cat(hidden, dim=0)
+        image_embeds = self.multi_modal_projector(last_hidden_state)
+        per_image = [t.reshape(-1, t.shape[-1]) for t in image_embeds.split(counts, dim=0)]
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=per_image)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask of `<image>` positions; checks that there is exactly one feature row per placeholder."""
+        if input_ids is None:
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            special_image_mask = (inputs_embeds == image_embedding).all(-1)
+        else:
+            special_image_mask = input_ids == self.config.image_token_id
+        n_image_tokens = int(special_image_mask.sum())
+        if n_image_tokens != image_features.shape[0]:
+            per_tile = self.config.image_tokens_per_tile
+            raise ValueError(
+                f"The text has {n_image_tokens} image tokens but the images give {image_features.shape[0]} "
+                f"features ({image_features.shape[0] // per_tile} tiles x {per_tile}). Build inputs with the "
+                "BlueLM processor so each image placeholder is expanded to its tile count."
+            )
+        return special_image_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> BlueLMVModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and mm_encoder_outputs is not None:
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        mm_encoder_outputs = mm_encoder_outputs if mm_encoder_outputs is not None else {}
+        if mm_encoder_outputs.get("image") is None and pixel_values is not None and pixel_values.shape[0] > 0:
+            mm_encoder_outputs["image"] = self.get_image_features(pixel_values, image_grids=image_grids)
+
+        image_features = None
+        if mm_encoder_outputs.get("image") is not None:
+            image_features = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0)
+            image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
+        elif input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            n_image_tokens = int((input_ids == self.config.image_token_id).sum())
+            if n_image_tokens:
+                raise ValueError(f"The text has {n_image_tokens} image tokens but no pixel_values were given")
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return BlueLMVModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # bitsandbytes quantizes the LLM only: the paper keeps the ViT and projector at higher precision.
+    _keep_in_fp32_modules = ["model.vision_tower", "model.multi_modal_projector"]
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: BlueLMVConfig):
+        super().__init__(config)
+        self.model = BlueLMVModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self) -> nn.Module:
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_image_features(self, pixel_values: torch.Tensor, image_grids: torch.Tensor | None = None, **kwargs):
+        return self.model.get_image_features(pixel_values, image_grids=image_grids, **kwargs)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> BlueLMVCausalLMOutputWithPast:
+        r"""
+        pixel_values (`torch.Tensor` of shape `(num_tiles, 3, tile, tile)`, *optional*): AnyRes tiles of all images.
+        image_grids (`torch.LongTensor` of shape `(num_images, 2)`, *optional*): (num_rows, num_cols) per image.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): -100 is ignored.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_grids=image_grids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs[0], logits_to_keep)
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return BlueLMVCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def generate(self, *args, thinking_budget=None, logits_processor=None, **kwargs):
+        """`GenerationMixin.generate` plus `thinking_budget`: int, per-row list or tensor of thinking tokens.
+
+        The budget can also be set once as `generation_config.thinking_budget`. When set, a
+        `ThinkingBudgetLogitsProcessor` closes `<think>` after that many reasoning tokens.
+        """
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        if thinking_budget is None:
+            thinking_budget = getattr(generation_config, "thinking_budget", None)
+        if thinking_budget is not None:
+            from .thinking import build_thinking_budget_processor
+
+            processor = build_thinking_budget_processor(self.config, thinking_budget)
+            logits_processor = LogitsProcessorList(list(logits_processor or []) + [processor])
+        return super().generate(*args, logits_processor=logits_processor, **kwargs)
+
+
+__all__ = ["BlueLMVForConditionalGeneration", "BlueLMVModel", "BlueLMVPreTrainedModel", "BlueLMVMultiModalProjector"]

@@ -1,0 +1,72 @@
+"""BlueLM-V processor: AnyRes image processor + tokenizer + the BlueLM chat template.
+
+Each `<image>` placeholder in the text becomes `<im_start>` + N x `<image>` + `<im_end>` with
+N = tokens_per_tile x tiles (196 x tiles for so400m-patch14-384). Shipped as remote code.
+"""
+
+from pathlib import Path
+
+from transformers.processing_utils import ProcessorMixin
+
+from .configuration_bluelm_v import IMAGE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKEN
+
+CHAT_TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
+
+
+def default_chat_template() -> str:
+    """The BlueLM chat template (chat_template.jinja), the one source of the prompt format."""
+    return CHAT_TEMPLATE_FILE.read_text()
+
+
+class BlueLMVProcessor(ProcessorMixin):
+    r"""
+    Wraps a [`BlueLMVImageProcessor`] and a tokenizer. `apply_chat_template(..., enable_thinking=True)` ends the
+    prompt with `[|AI|]:[|BlueThink|]`; `parse_response` splits a completion into reasoning and answer.
+    """
+
+    text_kwargs = {"add_special_tokens": False}
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs):
+        self.image_token = IMAGE_TOKEN
+        self.image_start_token = IMAGE_START_TOKEN
+        self.image_end_token = IMAGE_END_TOKEN
+        missing = [t for t in (IMAGE_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN) if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(
+                f"The tokenizer lacks the BlueLM image tokens {missing}; add them with "
+                "`tokenizer.add_special_tokens({'additional_special_tokens': SPECIAL_TOKENS})` "
+                "(bluelm_hf.assemble_bluelm does this)."
+            )
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if chat_template is None:
+            chat_template = default_chat_template()
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        grid = image_inputs["image_grids"][image_idx]
+        num_tokens = self.image_processor.get_num_tiles_from_grid(grid) * self.image_processor.get_tokens_per_tile()
+        return self.image_start_token + self.image_token * num_tokens + self.image_end_token
+
+    def parse_response(self, response, schema=None, **kwargs):
+        """Split generated text (or token ids) into `{"role", "reasoning_content", "content"}`; see `thinking.parse_response`.
+
+        Accepts one sequence or a batch, like `tokenizer.parse_response`.
+        """
+        from .thinking import parse_response
+
+        if schema is not None:
+            return super().parse_response(response, schema, **kwargs)
+        if hasattr(response, "tolist"):
+            response = response.tolist()
+        if isinstance(response, list) and response and not isinstance(response[0], int):
+            return [self.parse_response(r) for r in response]
+        if not isinstance(response, str):
+            response = self.tokenizer.decode(response, skip_special_tokens=False)
+        return {"role": "assistant", **parse_response(response)}
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values", "image_grids"]
+
+
+__all__ = ["BlueLMVProcessor", "default_chat_template"]

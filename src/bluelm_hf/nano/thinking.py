@@ -1,0 +1,396 @@
+"""Thinking output of BlueLM-2.5-3B: cap it while generating, split it from the answer afterwards or while streaming.
+
+In thinking mode the generation prompt ends with `[|AI|]:[|BlueThink|]` and the model writes
+`<think>reasoning</think>answer</s>`.
+
+- `ThinkingBudgetLogitsProcessor` caps the reasoning at `thinking_budget` tokens by forcing the closing sequence.
+- `build_thinking_budget_processor` builds one from a config (what `BlueLMVForConditionalGeneration.generate` calls).
+- `parse_response` splits a finished completion into `reasoning_content` and `content`.
+- `ThinkingStreamer` streams `ThinkingChunk("reasoning" | "answer", text)` from `generate`.
+
+This file is shipped next to checkpoints (remote code), so it imports only torch, transformers and the stdlib.
+"""
+
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from transformers import LogitsProcessor, TextIteratorStreamer
+
+from .configuration_bluelm_v import THINK_END_TOKEN, THINK_MODE_TOKEN, THINK_START_TOKEN
+
+# A ready-made `early_stop_message` for `from_tokenizer`: telling the model why its reasoning stops makes the answer
+# that follows build on the reasoning so far (the Qwen3 thinking-budget recipe does the same).
+DEFAULT_EARLY_STOP_MESSAGE = "\nConsidering the limited budget, I will answer now.\n"
+
+
+def _think_token_ids(tokenizer) -> tuple[int, int]:
+    """Ids of `<think>` and `</think>`; ValueError naming the ones the tokenizer does not hold as single tokens."""
+    ids, missing = [], []
+    for token in (THINK_START_TOKEN, THINK_END_TOKEN):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            missing.append(token)
+        ids.append(token_id)
+    if missing:
+        raise ValueError(
+            f"The tokenizer has no single token for {' and '.join(repr(t) for t in missing)}. BlueLM thinking needs "
+            f"{THINK_START_TOKEN!r} and {THINK_END_TOKEN!r} as special tokens: load the BlueLM tokenizer, or add them "
+            "with `tokenizer.add_special_tokens({'additional_special_tokens': [...]})` and resize the model's embeddings."
+        )
+    return ids[0], ids[1]
+
+
+# ---------------------------------------------------------------------------------------------------- budget
+
+
+class ThinkingBudgetLogitsProcessor(LogitsProcessor):
+    r"""
+    Caps the number of reasoning tokens: once a row has spent its budget inside `<think>...</think>`, the closing
+    sequence is forced one token per step (every other logit set to `-inf`, the forced one to `0`, so it survives
+    temperature / top-k / top-p and is a log-probability of 0 under beam search), then the answer flows freely.
+
+    thinking_budget (`int`, sequence of `int` or 1-D `torch.Tensor`): reasoning tokens allowed. One value for all
+        rows, one per prompt (expanded over `num_beams` / `num_return_sequences` rows), or one per row.
+    think_start_token_id / think_end_token_id (`int`): ids of `<think>` and `</think>`.
+    end_sequence_ids (sequence of `int`, *optional*): the forced closing sequence; it must end with `</think>`,
+        e.g. the ids of "\nConsidering the limited budget, I will answer now.\n</think>". Defaults to `[</think>]`.
+
+    What counts. The budget is per `generate` call and per row, shared by every think block of that row: the tokens
+    strictly between `<think>` and `</think>` that the model generates, plus the reasoning already in the prompt when
+    the prompt ends inside an open `<think>` (continuing a cut-off reasoning). The forced closing sequence does not
+    count. Closed think blocks in the prompt (earlier turns) do not count, nor does padding. So:
+
+    - budget 0 closes thinking right after `<think>`;
+    - a row that closes thinking by itself is never forced for that block; if it opens a second block, that block
+      gets what is left of the budget (nothing left -> it is closed right after its `<think>`). A total rather than a
+      per-block budget is what caps latency, and a model cannot dodge it by re-opening `<think>`. (vLLM's
+      `thinking_token_budget` gives each block a fresh budget instead.)
+    - a prompt that already holds more reasoning than the budget gets the closing sequence at once;
+    - rows with no open `<think>` are never touched, nor is anything if no `<think>` ever appears
+      (`[|BlueThink|]` is not needed: the processor only looks at `<think>` / `</think>`).
+
+    State. Each step derives the state from `input_ids` (a few vectorised ops over the generated tokens, no loop
+    over rows), so beam search may reorder rows freely. Remembered are only the prompt length and per-row facts about
+    the prompt, taken on the first call of a `generate` (rows of one prompt share them, beams included), and two
+    host-side shortcuts that skip all work while no row can have spent its budget yet and while every row is outside
+    a think block. A call whose length is not the previous one plus one, or with another number of rows, starts a
+    new generation; call `reset()` if you reuse one instance across `generate` calls that could look like a
+    continuation. Assisted / speculative decoding is not supported.
+    """
+
+    def __init__(
+        self,
+        thinking_budget: int | Sequence[int] | torch.Tensor,
+        think_start_token_id: int,
+        think_end_token_id: int,
+        end_sequence_ids: Sequence[int] | None = None,
+    ):
+        budget = torch.as_tensor(thinking_budget)
+        if budget.is_floating_point() or budget.is_complex() or budget.dtype == torch.bool:
+            raise ValueError(f"thinking_budget must hold integers, got dtype {budget.dtype}")
+        if budget.dim() > 1 or budget.numel() == 0:
+            raise ValueError(
+                f"thinking_budget must be an int or a 1-D list of ints, got shape {tuple(budget.shape)}"
+            )
+        if (budget < 0).any():
+            raise ValueError(f"thinking_budget must be >= 0 (0 closes thinking at once), got {budget.tolist()}")
+        end_sequence_ids = [think_end_token_id] if end_sequence_ids is None else [int(i) for i in end_sequence_ids]
+        if not end_sequence_ids or end_sequence_ids[-1] != think_end_token_id:
+            raise ValueError(
+                f"end_sequence_ids must end with the </think> id {think_end_token_id}, got {end_sequence_ids}"
+            )
+        if think_start_token_id in end_sequence_ids or think_end_token_id in end_sequence_ids[:-1]:
+            raise ValueError(
+                f"end_sequence_ids may hold </think> ({think_end_token_id}) only at the end and <think> "
+                f"({think_start_token_id}) nowhere, got {end_sequence_ids}"
+            )
+        self.thinking_budget = budget.long().reshape(-1)
+        self.think_start_token_id = int(think_start_token_id)
+        self.think_end_token_id = int(think_end_token_id)
+        self.end_sequence_ids = end_sequence_ids
+        self.reset()
+
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer,
+        thinking_budget: int | Sequence[int] | torch.Tensor,
+        early_stop_message: str | None = None,
+    ) -> "ThinkingBudgetLogitsProcessor":
+        """Looks up `<think>` / `</think>` in `tokenizer` (ValueError naming the missing ones).
+
+        The closing sequence is `early_stop_message`'s tokens, then `</think>`; pass
+        `early_stop_message=DEFAULT_EARLY_STOP_MESSAGE` for a ready-made one.
+        """
+        start_id, end_id = _think_token_ids(tokenizer)
+        message_ids = tokenizer.encode(early_stop_message, add_special_tokens=False) if early_stop_message else []
+        return cls(thinking_budget, start_id, end_id, end_sequence_ids=[*message_ids, end_id])
+
+    def reset(self) -> None:
+        """Forget the prompt; the next call is taken as the first step of a new `generate`."""
+        self._prompt_len = None
+        self._last_len = None
+        self._rows = None
+
+    def _start(self, input_ids: torch.LongTensor) -> None:
+        """First call of a generation: `input_ids` is the (left-padded, expanded) prompt, `(rows, prompt_len)`."""
+        rows, prompt_len = input_ids.shape
+        device = input_ids.device
+        budget = self.thinking_budget.to(device)
+        if budget.numel() != 1 and budget.numel() != rows:
+            if rows % budget.numel() != 0:
+                raise ValueError(
+                    f"thinking_budget has {budget.numel()} values but generate runs {rows} rows; pass one int, one "
+                    f"value per prompt (rows = prompts x num_beams or x num_return_sequences) or one per row"
+                )
+            # generate expands each prompt into rows // prompts consecutive rows (beams / return sequences)
+            budget = budget.repeat_interleave(rows // budget.numel())
+        self._budget = budget.expand(rows)
+
+        last_start, last_end = self._last_positions(input_ids)
+        prompt_open = last_start > last_end
+        self._prompt_thinking = torch.where(prompt_open, prompt_len - 1 - last_start, 0)
+        # Before a tag is generated, the "last tag" code of a row is -1 if its prompt left a block open, else -2,
+        # so that `code & 1` tells open (1) from closed (0) for every code (see __call__).
+        self._no_tag_code = torch.where(prompt_open, -1, -2)
+        self._end_sequence = torch.tensor(self.end_sequence_ids, device=device)
+        self._prompt_len, self._rows = prompt_len, rows
+        # Host-side shortcuts, so most steps cost no device work. Forcing needs `budget` reasoning tokens in the
+        # row, and a row holds at most `steps + prompt reasoning` of them: nothing can happen before this step.
+        self._first_possible_step = int((budget - self._prompt_thinking).clamp(min=0).min())
+        # All rows outside any think block stay so until one generates <think>, whatever beam search reorders.
+        self._all_closed = not bool(prompt_open.any())
+
+    def _last_positions(self, ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        position = torch.arange(ids.shape[1], device=ids.device)
+        last_start = torch.where(ids == self.think_start_token_id, position, -1).amax(dim=1)
+        last_end = torch.where(ids == self.think_end_token_id, position, -1).amax(dim=1)
+        return last_start, last_end
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows, length = input_ids.shape
+        if self._last_len is None or length != self._last_len + 1 or rows != self._rows:
+            self._start(input_ids)
+        self._last_len = length
+        steps = length - self._prompt_len
+        if steps < self._first_possible_step:
+            self._all_closed = self._all_closed and steps == 0  # not followed while skipping: unknown
+            return scores
+        if self._all_closed and (steps == 0 or not bool((input_ids[:, -1] == self.think_start_token_id).any())):
+            return scores
+
+        used, last = self._prompt_thinking, self._no_tag_code  # reasoning so far (all blocks), last tag code
+        if steps:
+            generated = input_ids[:, self._prompt_len :]  # (rows, steps)
+            is_start = generated == self.think_start_token_id
+            position = torch.arange(0, 2 * steps, 2, device=input_ids.device)
+            # Code of the last tag at or before each step: 2*pos+1 for <think>, 2*pos for </think>; odd = inside.
+            no_tag = self._no_tag_code[:, None]
+            tag_code = torch.where(
+                is_start, position + 1, torch.where(generated == self.think_end_token_id, position, no_tag)
+            )
+            last_tag = tag_code.cummax(dim=1).values
+            # tokens inside a block, not counting the <think>s themselves
+            used = used + (last_tag & 1).sum(dim=1) - is_start.sum(dim=1)
+            last = last_tag[:, -1]
+
+        is_open = (last & 1).bool()
+        in_prompt_block = last < 0
+        # Tokens of the current (open) block after its <think>, prompt part included.
+        block = torch.where(in_prompt_block, steps + self._prompt_thinking, steps - 1 - (last >> 1))
+        prompt_part = torch.where(in_prompt_block, self._prompt_thinking, 0)
+        # Where forcing starts inside this block: what is left of the budget, or now if the prompt already overran it.
+        allowed = torch.maximum(self._budget - (used - block), prompt_part)
+        forced_index = block - allowed
+        force = is_open & (forced_index >= 0)
+        any_open, any_forced = torch.stack([is_open.any(), force.any()]).tolist()
+        self._all_closed = not any_open
+        if not any_forced:
+            return scores
+
+        forced_token = self._end_sequence[forced_index.clamp(0, len(self.end_sequence_ids) - 1)]
+        rows_to_force = force.nonzero().squeeze(1)
+        scores = scores.clone()  # generate keeps the unprocessed logits when `output_logits=True`
+        scores[rows_to_force] = -float("inf")
+        scores[rows_to_force, forced_token[rows_to_force]] = 0.0
+        return scores
+
+
+def build_thinking_budget_processor(
+    config_or_generation_config,
+    thinking_budget: int | Sequence[int] | torch.Tensor,
+    end_sequence_ids: Sequence[int] | None = None,
+) -> ThinkingBudgetLogitsProcessor:
+    """The processor `generate(thinking_budget=...)` adds, with ids from a config / generation config.
+
+    Reads `think_start_token_id`, `think_end_token_id` and, when `end_sequence_ids` is not given, the optional
+    `thinking_end_sequence_ids`.
+    """
+    start_id = getattr(config_or_generation_config, "think_start_token_id", None)
+    end_id = getattr(config_or_generation_config, "think_end_token_id", None)
+    if start_id is None or end_id is None:
+        raise ValueError(
+            f"thinking_budget needs think_start_token_id and think_end_token_id on the "
+            f"{type(config_or_generation_config).__name__}, got {start_id} and {end_id}; set them to the ids of "
+            f"{THINK_START_TOKEN!r} and {THINK_END_TOKEN!r}"
+        )
+    if end_sequence_ids is None:
+        end_sequence_ids = getattr(config_or_generation_config, "thinking_end_sequence_ids", None)
+    return ThinkingBudgetLogitsProcessor(thinking_budget, start_id, end_id, end_sequence_ids=end_sequence_ids)
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+_TAG = re.compile(f"({re.escape(THINK_START_TOKEN)}|{re.escape(THINK_END_TOKEN)})")
+
+
+def parse_response(text: str, eos_token: str | None = "</s>") -> dict:
+    """Splits a completion into `{"reasoning_content": str | None, "content": str}`.
+
+    - `<think>r</think>a` -> `r`, `a` (each stripped of surrounding whitespace);
+    - `<think>r` (cut off, no `</think>`) -> `r`, `""`;
+    - `r</think>a` (the prompt ended with `<think>`) -> `r`, `a`;
+    - no tag at all -> `None`, the whole text; `<think></think>a` -> `""`, `a`;
+    - several blocks -> all their reasoning, and all the text outside them, each joined by a blank line. A stray
+      `</think>` outside a block or `<think>` inside one is dropped.
+
+    `[|BlueThink|]` is removed wherever it is, as are trailing `eos_token`s.
+    """
+    text = text.replace(THINK_MODE_TOKEN, "")
+    if eos_token:
+        while text.rstrip().endswith(eos_token):
+            text = text.rstrip()[: -len(eos_token)]
+    first_start, first_end = text.find(THINK_START_TOKEN), text.find(THINK_END_TOKEN)
+    if first_start < 0 and first_end < 0:
+        return {"reasoning_content": None, "content": text.strip()}
+
+    # A `</think>` before any `<think>` means the completion started inside the block.
+    inside = first_end >= 0 and (first_start < 0 or first_end < first_start)
+    segments, position = [], 0  # [inside, text]; a stray tag does not start a new segment
+    for tag in [*_TAG.finditer(text), None]:
+        piece = text[position : tag.start() if tag else len(text)]
+        if segments and segments[-1][0] == inside:
+            segments[-1][1] += piece
+        else:
+            segments.append([inside, piece])
+        if tag:
+            inside, position = tag.group() == THINK_START_TOKEN, tag.end()
+    return {
+        "reasoning_content": "\n\n".join(t.strip() for kind, t in segments if kind and t.strip()),
+        "content": "\n\n".join(t.strip() for kind, t in segments if not kind and t.strip()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- streaming
+
+
+class ThinkingChunk(NamedTuple):
+    kind: str  # "reasoning" or "answer" ("prompt" with skip_prompt=False)
+    text: str
+
+
+class ThinkingStreamer(TextIteratorStreamer):
+    """A `TextIteratorStreamer` whose iterator yields `ThinkingChunk(kind, text)`, kind "reasoning" or "answer".
+
+    ```python
+    streamer = ThinkingStreamer(tokenizer)
+    Thread(target=model.generate, kwargs=dict(**inputs, streamer=streamer)).start()
+    for kind, text in streamer:
+        ...
+    ```
+
+    Reasoning and answer are told apart by token id, not by decoded text: `<think>` / `</think>` must be single
+    tokens (ValueError otherwise, as for the budget processor). So a tag can never be split across two chunks, a
+    chunk never mixes reasoning and answer (text held back at a word boundary is flushed at the tag), and
+    `skip_special_tokens` (default `True` here) changes nothing about the split; the tags themselves are never
+    emitted. Each segment is stripped of surrounding whitespace like `parse_response` does (leading whitespace is
+    dropped, trailing whitespace is held back until more text follows), so for one think block the joined chunks of
+    each kind equal `parse_response`'s fields.
+
+    The prompt (the first `put` from `generate`) sets the starting kind: "reasoning" if it ends inside an open
+    `<think>`, else "answer". With `skip_prompt=False` its text is emitted as kind "prompt". Batch size 1 only.
+    """
+
+    def __init__(self, tokenizer, skip_prompt: bool = True, timeout: float | None = None, **decode_kwargs):
+        decode_kwargs.setdefault("skip_special_tokens", True)
+        super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
+        self.think_start_token_id, self.think_end_token_id = _think_token_ids(tokenizer)
+        self._emit_prompt = not skip_prompt
+        self._reset_stream()
+
+    def _reset_stream(self) -> None:
+        self.kind = "answer"
+        self._segment_started = False
+        self._held_whitespace = ""
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() > 1 and value.shape[0] > 1:
+            raise ValueError(f"ThinkingStreamer supports batch size 1, got {value.shape[0]} rows")
+        ids = value.reshape(-1).tolist()
+        if self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            tags = [i for i in ids if i in (self.think_start_token_id, self.think_end_token_id)]
+            self._reset_stream()
+            if self._emit_prompt:
+                self.kind = "prompt"
+                self._put_text_tokens(ids)
+                self._end_segment()
+            self.kind = "reasoning" if tags and tags[-1] == self.think_start_token_id else "answer"
+            return
+
+        run = []
+        for token in ids:
+            if token in (self.think_start_token_id, self.think_end_token_id):
+                self._put_text_tokens(run)
+                run = []
+                new_kind = "reasoning" if token == self.think_start_token_id else "answer"
+                if new_kind != self.kind:
+                    self._end_segment()
+                    self.kind = new_kind
+            else:
+                run.append(token)
+        self._put_text_tokens(run)
+
+    def _put_text_tokens(self, ids: list[int]) -> None:
+        if ids:
+            # TextStreamer.put decodes the cache and emits up to the last word boundary via on_finalized_text
+            super().put(torch.tensor(ids))
+
+    def _end_segment(self) -> None:
+        """Emits everything held back for the current segment (no word boundary wait), then starts a new one."""
+        if self.token_cache:
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            self.on_finalized_text(text[self.print_len :])
+            self.token_cache, self.print_len = [], 0
+        self._segment_started = False
+        self._held_whitespace = ""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if not self._segment_started:
+            text = text.lstrip()
+            self._segment_started = bool(text)
+        text = self._held_whitespace + text
+        kept = text.rstrip()
+        self._held_whitespace = text[len(kept) :]
+        if kept:
+            self.text_queue.put(ThinkingChunk(self.kind, kept), timeout=self.timeout)
+        if stream_end:
+            self.text_queue.put(self.stop_signal, timeout=self.timeout)
+
+    def end(self) -> None:
+        self._end_segment()
+        self.next_tokens_are_prompt = True
+        self.on_finalized_text("", stream_end=True)
+        self._reset_stream()
+
+
+__all__ = [
+    "DEFAULT_EARLY_STOP_MESSAGE",
+    "ThinkingBudgetLogitsProcessor",
+    "ThinkingChunk",
+    "ThinkingStreamer",
+    "build_thinking_budget_processor",
+    "parse_response",
+]
