@@ -212,6 +212,20 @@ def test_thumbnail_skipped_for_single_tile_and_when_disabled():
     assert BlueLMVImageProcessor(use_thumbnail=False).get_num_tiles_from_grid([2, 2]) == 4
 
 
+def test_num_patches_and_crop_to_patches_match_internvl_usage():
+    """TRL's GRPOTrainer counts tiles with `image_processor(images=..., crop_to_patches=True)["num_patches"]`."""
+    processor = BlueLMVImageProcessor()
+    images = [smooth_image(640, 480), smooth_image(300, 200), smooth_image(1500, 380)]
+    out = processor(images=images, crop_to_patches=True, return_tensors="pt")
+    assert out["num_patches"].tolist() == [processor.get_num_tiles(480, 640), 1, processor.get_num_tiles(380, 1500)]
+    assert out["num_patches"].sum() == out["pixel_values"].shape[0]
+    single = processor(images=images, crop_to_patches=False, return_tensors="pt")
+    assert single["num_patches"].tolist() == [1, 1, 1] and single["image_grids"].tolist() == [[1, 1]] * 3
+    assert processor.get_num_tiles(480, 640, images_kwargs={"crop_to_patches": False}) == 1
+    with pytest.raises(ValueError, match="crop_to_patches=False.*max_grid_size=3"):
+        processor(images=images, crop_to_patches=False, max_grid_size=3)
+
+
 def test_tile_order_is_row_major_then_thumbnail():
     # 32x32 with 16 px tiles -> 2x2 exactly (no resampling): quadrants come out top-left, top-right, bottom-left,
     # bottom-right, then the 16x16 thumbnail.

@@ -29,11 +29,23 @@ ROWS = [
 ]
 
 
-def batch_inputs(processor, rows, padding_side="right"):
+def batch_inputs(processor, rows, padding_side="right", with_grids=False):
+    """The processor's output for `rows`; `with_grids` adds the image processor's `image_grids` for the model."""
     texts = [t for t, _ in rows]
     images = [random_image(w, h, seed=i) for i, (_, sizes) in enumerate(rows) for (w, h) in sizes]
     processor.tokenizer.padding_side = padding_side
-    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+    batch = processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+    if with_grids:
+        batch["image_grids"] = processor.image_processor(images, return_tensors="pt")["image_grids"]
+    return batch
+
+
+def test_processor_output_has_only_model_inputs(tiny_processor):
+    """Trainers forward every processor key to the model (TRL's GRPO log-prob function takes no image_grids)."""
+    batch = batch_inputs(tiny_processor, ROWS)
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values"}
+    tiled = tiny_processor.image_processor([random_image(4 * TILE, TILE)], return_tensors="pt")
+    assert tiled["num_patches"].tolist() == [tiny_processor.image_processor.get_num_tiles(TILE, 4 * TILE)]
 
 
 def position_ids_from_mask(mask):
@@ -56,7 +68,7 @@ def test_batched_forward_equals_per_row(tiny_model, tiny_processor, padding_side
 
 
 def test_processor_expands_placeholders(tiny_processor):
-    batch = batch_inputs(tiny_processor, ROWS)
+    batch = batch_inputs(tiny_processor, ROWS, with_grids=True)
     ids = batch["input_ids"]
     per_tile = tiny_processor.image_processor.get_tokens_per_tile()
     grids = batch["image_grids"].tolist()
@@ -78,7 +90,7 @@ def test_image_count_mismatch_is_a_clear_error(tiny_processor):
 
 
 def test_model_rejects_features_placeholder_mismatch(tiny_model, tiny_processor):
-    batch = batch_inputs(tiny_processor, ROWS[1:2])
+    batch = batch_inputs(tiny_processor, ROWS[1:2], with_grids=True)
     ids = batch["input_ids"].clone()
     ids[0, (ids[0] == tiny_processor.image_token_id).nonzero()[0]] = 5
     with pytest.raises(ValueError, match=r"image tokens but the images give"):
@@ -277,7 +289,7 @@ def test_assemble_rejects_non_siglip(tmp_path):
 
 
 def test_vision_batch_size_does_not_change_features(tiny_model, tiny_processor):
-    batch = batch_inputs(tiny_processor, ROWS)
+    batch = batch_inputs(tiny_processor, ROWS, with_grids=True)
     with torch.no_grad():
         a = torch.cat(tiny_model.get_image_features(batch["pixel_values"], batch["image_grids"]).pooler_output)
         old = tiny_model.config.vision_batch_size
@@ -303,3 +315,24 @@ def test_downsampler_pads_27_to_28():
     assert first == [0, 1, 27, 28]
     last = merged[0, -1].view(4, 1152)[:, 0].tolist()
     assert last == [27 * 27 - 1, 0, 0, 0]
+
+
+def test_generate_thinking_budget_from_generation_config(tiny_model, tiny_processor):
+    """`generation_config.thinking_budget` and `.thinking_end_sequence_ids` reach the budget processor (the way
+    TRL's GRPOTrainer passes `generation_kwargs`)."""
+    from transformers import GenerationConfig
+
+    tokenizer = tiny_processor.tokenizer
+    end = tokenizer.convert_tokens_to_ids("</think>")
+    message = tokenizer.encode("So", add_special_tokens=False)
+    prompt = torch.tensor([tokenizer.encode("[|Human|]:hi[|AI|]:[|BlueThink|]<think>", add_special_tokens=False)])
+    config = GenerationConfig(
+        max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        thinking_budget=2, thinking_end_sequence_ids=[*message, end],
+    )  # fmt: skip
+    out = tiny_model.generate(input_ids=prompt, generation_config=config)[0, prompt.shape[1] :].tolist()
+    # two reasoning tokens (this random model repeats <think>, which inside a block is reasoning), then the close
+    assert out[2 : 2 + len(message) + 1] == [*message, end] and end not in out[:2]
+    # an explicit argument wins over the generation config
+    out = tiny_model.generate(input_ids=prompt, generation_config=config, thinking_budget=0)[0, prompt.shape[1] :]
+    assert out[: len(message) + 1].tolist() == [*message, end]

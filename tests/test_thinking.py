@@ -108,16 +108,20 @@ class ScriptedThinker(LogitsProcessor):
 
 def reference_forced_token(ids: list[int], prompt_len: int, budget: int, end_sequence: list[int]) -> int | None:
     """What the budget processor must force for one row, by walking its tokens (plain Python, no shortcuts)."""
-    tags = [(i, t) for i, t in enumerate(ids[:prompt_len]) if t in (THINK, END)]
-    is_open = bool(tags) and tags[-1][1] == THINK
-    used = block = prompt_len - 1 - tags[-1][0] if is_open else 0
+    is_open, opened_at = False, None
+    for i, token in enumerate(ids[:prompt_len]):
+        if token == THINK and not is_open:
+            is_open, opened_at = True, i
+        elif token == END:
+            is_open = False
+    used = block = prompt_len - 1 - opened_at if is_open else 0
     allowed = max(budget, used)
     for token in ids[prompt_len:]:
-        if token == THINK:  # a new block (or a stray <think> inside one) gets what is left
+        if token == THINK and not is_open:  # a new block gets what is left
             is_open, block, allowed = True, 0, max(budget - used, 0)
         elif token == END:
             is_open = False
-        elif is_open:
+        elif is_open:  # reasoning, a stray <think> inside the block included
             used, block = used + 1, block + 1
     if not is_open or block < allowed:
         return None

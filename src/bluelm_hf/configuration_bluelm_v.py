@@ -190,7 +190,7 @@ class BlueLMVConfig(PreTrainedConfig):
                 intermediate_size=192,
                 num_hidden_layers=2,
                 num_attention_heads=4,
-                patch_size=14,
+                patch_size=28,
                 image_size=112,
                 vision_use_head=False,
             ),

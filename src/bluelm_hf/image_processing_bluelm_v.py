@@ -292,6 +292,9 @@ class BlueLMVImageProcessorKwargs(ImagesKwargs, total=False):
     use_thumbnail (`bool`, *optional*, defaults to `True`): append a global thumbnail tile to multi-tile grids.
     patch_size (`int`, *optional*, defaults to 14): ViT patch size, for token counts.
     downsample_factor (`int`, *optional*, defaults to 2): side of the token-merging window, for token counts.
+    crop_to_patches (`bool`, *optional*, defaults to `True`): InternVL's name for AnyRes tiling, accepted so that
+        InternVL-aware code (TRL's GRPOTrainer counts tiles this way) works unchanged. `False` is the same as
+        `max_grid_size=1`: the whole image as one tile.
     """
 
     tile_size: int
@@ -301,13 +304,16 @@ class BlueLMVImageProcessorKwargs(ImagesKwargs, total=False):
     use_thumbnail: bool
     patch_size: int
     downsample_factor: int
+    crop_to_patches: bool
 
 
 class BlueLMVImageProcessingMixin:
     """Backend-independent AnyRes logic. A backend supplies `_resize_to`, `_empty`, `_permute` and `_affine_`, and
     receives images as channels-first arrays/tensors from its `process_image`."""
 
-    model_input_names = ["pixel_values", "image_grids"]
+    # `image_grids` and `num_patches` (tiles per image, InternVL's name) describe the tiling; the processor uses
+    # them to expand placeholders and does not pass them on (see BlueLMVProcessor.unused_input_names).
+    model_input_names = ["pixel_values", "image_grids", "num_patches"]
     valid_kwargs = BlueLMVImageProcessorKwargs
 
     tile_size = 384
@@ -318,6 +324,7 @@ class BlueLMVImageProcessingMixin:
     use_thumbnail = True
     patch_size = 14
     downsample_factor = 2
+    crop_to_patches = True
     resample = PILImageResampling.BICUBIC
     image_mean = SIGLIP_MEAN
     image_std = SIGLIP_STD
@@ -359,11 +366,19 @@ class BlueLMVImageProcessingMixin:
     def preprocess(self, images, **kwargs: Unpack[BlueLMVImageProcessorKwargs]) -> BatchFeature:
         """Tile `images` (PIL images, arrays, tensors, paths, URLs, base64 strings or bytes; one or a nested list).
 
-        Returns `pixel_values` (total_tiles, 3, tile, tile) and `image_grids` (num_images, 2) = (num_rows, num_cols);
-        with `return_tensors=None`, a list of (3, tile, tile) tiles and a list of [num_rows, num_cols].
+        Returns `pixel_values` (total_tiles, 3, tile, tile), `image_grids` (num_images, 2) = (num_rows, num_cols)
+        and `num_patches` (num_images,), the tiles of each image (grid plus thumbnail); with `return_tensors=None`,
+        a list of (3, tile, tile) tiles and lists.
         """
         if "size" in kwargs or "tile_size" in kwargs:
             kwargs = self._sync_size_and_tile_size(kwargs, default_tile_size=self.tile_size)
+        if kwargs.get("crop_to_patches") is False:
+            if kwargs.get("max_grid_size") not in (None, 1):
+                raise ValueError(
+                    f"crop_to_patches=False means one tile per image, which contradicts max_grid_size="
+                    f"{kwargs['max_grid_size']}; pass one of the two"
+                )
+            kwargs["max_grid_size"] = 1
         return super().preprocess(images, **kwargs)
 
     # ---- token counts (the processor expands image placeholders with these)
@@ -378,7 +393,9 @@ class BlueLMVImageProcessingMixin:
             height,
             width,
             tile_size=self._setting("tile_size", images_kwargs),
-            max_grid_size=self._setting("max_grid_size", images_kwargs),
+            max_grid_size=1 if (images_kwargs or {}).get("crop_to_patches") is False else self._setting(
+                "max_grid_size", images_kwargs
+            ),
             max_image_side=self._setting("max_image_side", images_kwargs),
             alpha=self._setting("anyres_alpha", images_kwargs),
             use_thumbnail=self._setting("use_thumbnail", images_kwargs),
@@ -523,7 +540,7 @@ class BlueLMVImageProcessingMixin:
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
-        pieces, grids = [], []  # pieces: (rows, cols, C, tile, tile) views, concatenated in order below
+        pieces, grids, num_patches = [], [], []  # pieces: (rows, cols, C, tile, tile) views, concatenated in order below
         for image in images:
             height, width = image.shape[-2:]
             plan = plan_anyres(height, width, tile_size, max_grid_size, max_image_side, anyres_alpha, use_thumbnail)
@@ -540,6 +557,7 @@ class BlueLMVImageProcessingMixin:
                 thumbnail = self._resize_to(source, plan.thumbnail_height, plan.thumbnail_width, resample)
                 pieces.append(self._pad_centered(thumbnail, tile_size, tile_size)[None, None])
             grids.append([rows, cols])
+            num_patches.append(plan.num_tiles)
 
         # One float32 output, filled piece by piece (tile gather + dtype cast in one pass), normalized in place.
         total = sum(piece.shape[0] * piece.shape[1] for piece in pieces)
@@ -554,7 +572,10 @@ class BlueLMVImageProcessingMixin:
 
         if return_tensors is None:
             pixel_values = list(pixel_values)
-        return BatchFeature(data={"pixel_values": pixel_values, "image_grids": grids}, tensor_type=return_tensors)
+        return BatchFeature(
+            data={"pixel_values": pixel_values, "image_grids": grids, "num_patches": num_patches},
+            tensor_type=return_tensors,
+        )
 
     def _rescale_and_normalize_(self, pixel_values, do_rescale, rescale_factor, do_normalize, mean, std) -> None:
         """In place: x * rescale_factor, then (x - mean) / std per channel, as one multiply-add per channel."""

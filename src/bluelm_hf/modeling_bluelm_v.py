@@ -314,7 +314,9 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
         """`GenerationMixin.generate` plus `thinking_budget`: int, per-row list or tensor of thinking tokens.
 
         The budget can also be set once as `generation_config.thinking_budget`. When set, a
-        `ThinkingBudgetLogitsProcessor` closes `<think>` after that many reasoning tokens.
+        `ThinkingBudgetLogitsProcessor` closes `<think>` after that many reasoning tokens. The forced closing
+        sequence (e.g. an early-stop message, then `</think>`) is `thinking_end_sequence_ids` from the generation
+        config, else from the model config, else just `</think>`.
         """
         generation_config = kwargs.get("generation_config") or self.generation_config
         if thinking_budget is None:
@@ -322,7 +324,8 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
         if thinking_budget is not None:
             from .thinking import build_thinking_budget_processor
 
-            processor = build_thinking_budget_processor(self.config, thinking_budget)
+            end_sequence_ids = getattr(generation_config, "thinking_end_sequence_ids", None)
+            processor = build_thinking_budget_processor(self.config, thinking_budget, end_sequence_ids)
             logits_processor = LogitsProcessorList(list(logits_processor or []) + [processor])
         return super().generate(*args, logits_processor=logits_processor, **kwargs)
 

@@ -65,8 +65,15 @@ class BlueLMVProcessor(ProcessorMixin):
         return {"role": "assistant", **parse_response(response)}
 
     @property
-    def model_input_names(self):
-        return ["input_ids", "attention_mask", "pixel_values", "image_grids"]
+    def unused_input_names(self) -> list[str]:
+        """The tiling metadata only sizes the placeholders; the model needs just `pixel_values`.
+
+        Leaving it out keeps the output to the keys trainers forward to any VLM (TRL's GRPOTrainer passes every
+        processor key to its log-prob function, which takes no `image_grids`). Call `processor.image_processor`
+        for `image_grids` / `num_patches`; `BlueLMVForConditionalGeneration` still accepts `image_grids` to split
+        and check features per image.
+        """
+        return ["image_grids", "num_patches"]
 
 
 __all__ = ["BlueLMVProcessor", "default_chat_template"]

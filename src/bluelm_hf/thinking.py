@@ -69,6 +69,8 @@ class ThinkingBudgetLogitsProcessor(LogitsProcessor):
       per-block budget is what caps latency, and a model cannot dodge it by re-opening `<think>`. (vLLM's
       `thinking_token_budget` gives each block a fresh budget instead.)
     - a prompt that already holds more reasoning than the budget gets the closing sequence at once;
+    - a `<think>` generated inside an open block is reasoning text: it counts and opens nothing, so a model cannot
+      dodge the budget by repeating `<think>` either;
     - rows with no open `<think>` are never touched, nor is anything if no `<think>` ever appears
       (`[|BlueThink|]` is not needed: the processor only looks at `<think>` / `</think>`).
 
@@ -150,9 +152,9 @@ class ThinkingBudgetLogitsProcessor(LogitsProcessor):
             budget = budget.repeat_interleave(rows // budget.numel())
         self._budget = budget.expand(rows)
 
-        last_start, last_end = self._last_positions(input_ids)
-        prompt_open = last_start > last_end
-        self._prompt_thinking = torch.where(prompt_open, prompt_len - 1 - last_start, 0)
+        opening = self._open_block_start(input_ids)
+        prompt_open = opening >= 0
+        self._prompt_thinking = torch.where(prompt_open, prompt_len - 1 - opening, 0)
         # Before a tag is generated, the "last tag" code of a row is -1 if its prompt left a block open, else -2,
         # so that `code & 1` tells open (1) from closed (0) for every code (see __call__).
         self._no_tag_code = torch.where(prompt_open, -1, -2)
@@ -164,11 +166,15 @@ class ThinkingBudgetLogitsProcessor(LogitsProcessor):
         # All rows outside any think block stay so until one generates <think>, whatever beam search reorders.
         self._all_closed = not bool(prompt_open.any())
 
-    def _last_positions(self, ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        position = torch.arange(ids.shape[1], device=ids.device)
-        last_start = torch.where(ids == self.think_start_token_id, position, -1).amax(dim=1)
-        last_end = torch.where(ids == self.think_end_token_id, position, -1).amax(dim=1)
-        return last_start, last_end
+    def _open_block_start(self, ids: torch.LongTensor) -> torch.Tensor:
+        """Per row, the position of the `<think>` that opened a block still open at the end of `ids`, else -1: the
+        first `<think>` after the last `</think>` (later `<think>`s inside the block are reasoning text)."""
+        length = ids.shape[1]
+        position = torch.arange(length, device=ids.device)
+        last_end = torch.where(ids == self.think_end_token_id, position, -1).amax(dim=1, keepdim=True)
+        after_end = (ids == self.think_start_token_id) & (position > last_end)
+        first = torch.where(after_end, position, length).amin(dim=1)
+        return torch.where(first < length, first, -1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         rows, length = input_ids.shape
@@ -182,20 +188,24 @@ class ThinkingBudgetLogitsProcessor(LogitsProcessor):
         if self._all_closed and (steps == 0 or not bool((input_ids[:, -1] == self.think_start_token_id).any())):
             return scores
 
-        used, last = self._prompt_thinking, self._no_tag_code  # reasoning so far (all blocks), last tag code
+        used, last = self._prompt_thinking, self._no_tag_code  # reasoning so far (all blocks), opening tag code
         if steps:
             generated = input_ids[:, self._prompt_len :]  # (rows, steps)
             is_start = generated == self.think_start_token_id
+            is_end = generated == self.think_end_token_id
             position = torch.arange(0, 2 * steps, 2, device=input_ids.device)
             # Code of the last tag at or before each step: 2*pos+1 for <think>, 2*pos for </think>; odd = inside.
             no_tag = self._no_tag_code[:, None]
-            tag_code = torch.where(
-                is_start, position + 1, torch.where(generated == self.think_end_token_id, position, no_tag)
-            )
-            last_tag = tag_code.cummax(dim=1).values
-            # tokens inside a block, not counting the <think>s themselves
-            used = used + (last_tag & 1).sum(dim=1) - is_start.sum(dim=1)
-            last = last_tag[:, -1]
+            last_tag = torch.where(is_start, position + 1, torch.where(is_end, position, no_tag)).cummax(dim=1).values
+            inside = last_tag & 1
+            # A <think> opens a block only from outside one; inside a block it is reasoning text like any other.
+            was_inside = torch.cat([no_tag & 1, inside[:, :-1]], dim=1)
+            is_opening = is_start & (was_inside == 0)
+            # tokens inside a block, not counting the opening <think>s
+            used = used + inside.sum(dim=1) - is_opening.sum(dim=1)
+            # code of the last opening <think> or </think>: odd while its block is open, and (code >> 1) = its step
+            opening_code = torch.where(is_opening, position + 1, torch.where(is_end, position, no_tag))
+            last = opening_code.amax(dim=1)
 
         is_open = (last & 1).bool()
         in_prompt_block = last < 0
