@@ -1,5 +1,5 @@
 """The distributed path for real: 2 CPU processes (torchrun) in one gloo process group runs
-SFT (BlueLM-nano from scratch) and then GRPO on its output, a few steps each."""
+SFT (BlueLM-nano from scratch) and GRPO (from the bundled nano), a few steps each."""
 
 import os
 import socket
@@ -52,26 +52,20 @@ def test_two_process_sft(tmp_path):
 
 
 
-@pytest.mark.skip(
-    reason="known bug, not fixed yet: TRL 1.16 GRPOTrainer._generate_and_score_completions calls "
-    "processing_class.image_processor(...) to count patches and our BlueLMVImageProcessor.preprocess rejects "
-    "its arguments; GRPO on BlueLM does not run yet"
-)
 @pytest.mark.slow
 def test_two_process_grpo(tmp_path):
-    sft_dir = tmp_path / "sft"
-    launch(
-        "sft.py", "--config", str(ROOT / "recipes/nano_sft.yaml"), "--output_dir", str(sft_dir),
-        "--max_steps", "1", "--dataset_size", "8", "--per_device_train_batch_size", "2", "--eval_size", "0",
-        "--save_strategy", "no", "--dataloader_num_workers", "0",
-    )  # fmt: skip
+    """GRPO from the bundled BlueLM-nano in one 2-process group: TRL's GRPOTrainer with our processor (its
+    InternVL-style tile count, `crop_to_patches` / `num_patches`, and a processor output of model inputs only)."""
+    import bluelm_hf
+
     grpo_dir = tmp_path / "grpo"
     out = launch(
         "grpo.py", "--config", str(ROOT / "recipes/nano_grpo.yaml"),
-        "--model_name_or_path", str(sft_dir), "--output_dir", str(grpo_dir), "--max_steps", "2",
+        "--model_name_or_path", str(bluelm_hf.NANO), "--output_dir", str(grpo_dir), "--max_steps", "2",
         "--dataset_size", "8", "--per_device_train_batch_size", "2", "--num_generations", "2",
         "--max_completion_length", "8", "--eval_size", "0", "--logging_steps", "1",
     )  # fmt: skip
     assert_one_group_of_two(out)
     assert "GRPO wall time" in out and "2 process(es)" in out
+    assert "'rewards/accuracy_reward/mean'" in out  # the rewards ran on real rollouts
     assert (grpo_dir / "model.safetensors").exists()

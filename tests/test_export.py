@@ -125,6 +125,22 @@ def test_runner_matches_pytorch_generate(runner, torch_model):
     assert result.timings["prefill_s"] > 0
 
 
+def test_inference_load_and_generate_drive_an_export_like_pytorch(fp32_export, model_dir):
+    """`bluelm_hf.inference.load(EXPORT)` gives an OrtBlueLM that `generate` / `evaluate_nano` / `bluelm-hf eval`
+    use unchanged: same parsed completions as the PyTorch checkpoint."""
+    from bluelm_hf.inference import generate, load
+
+    export, _ = load(fp32_export[0])
+    assert isinstance(export, OrtBlueLM)
+    model, processor = load(model_dir)
+    images = [random_image(2 * TILE + 10, TILE, seed=1), None]
+    questions = ["How many red cells are there?", "What is in the picture?"]
+    for thinking in (False, True):
+        got = generate(export, export.processor, questions, images, thinking=thinking, max_new_tokens=8)
+        want = generate(model, processor, questions, images, thinking=thinking, max_new_tokens=8)
+        assert got == want
+
+
 def test_runner_text_only_and_batch(runner, torch_model):
     """Left-padded batch: one row with an image, one without; same tokens as PyTorch."""
     model, processor = torch_model

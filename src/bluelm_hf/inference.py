@@ -9,7 +9,11 @@ DEFAULT_MAX_NEW_TOKENS = 256
 
 
 def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None):
-    """Load `(model, processor)` from a path or Hub id; default: the bundled BlueLM-nano, offline."""
+    """Load `(model, processor)` from a path or Hub id; default: the bundled BlueLM-nano, offline.
+
+    A directory written by `bluelm-hf export --format onnx` loads as an `OrtBlueLM` (ONNX Runtime), which
+    `generate` / `evaluate_nano` / `bluelm-hf eval` drive the same way as the PyTorch model.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from . import NANO
@@ -23,6 +27,11 @@ def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None
             )
         path = NANO
     if isinstance(path, Path):
+        from .ort_runner import MANIFEST_FILE, OrtBlueLM
+
+        if (path / MANIFEST_FILE).is_file():
+            runner = OrtBlueLM.from_pretrained(path)
+            return runner, runner.processor
         if not path.is_dir():
             raise FileNotFoundError(f"Model directory {path} does not exist")
         if not (path / "config.json").is_file():
@@ -78,7 +87,8 @@ def generate(
         streamer=streamer,
         **generate_kwargs,
     )
-    completions = out[:, batch["input_ids"].shape[1] :]
+    sequences = getattr(out, "sequences", out)  # OrtBlueLM returns a GenerationResult
+    completions = sequences[:, batch["input_ids"].shape[1] :]
     return [_parse_completion(processor, row, model.config) for row in completions]
 
 

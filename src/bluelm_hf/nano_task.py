@@ -27,7 +27,7 @@ exactly that:
   for counting questions a cell that matches gets the running count; for ``most`` every cell gets its
   colour's running count, and the answer is the colour that reaches the highest one. Each step is local
   (read the next cell, look up the previous tally, add one), so with thinking the answer is a copy of
-  the last tally. Without thinking the model has to count implicitly over up to 144 image tokens, which a
+  the last tally. Without thinking the model has to count implicitly over up to 36 image tokens, which a
   tiny model does much worse: that is the thinking/non-thinking gap. A trace cut short by a thinking
   budget stops mid-tally, so accuracy grows with the budget. Traces are 4..18 tokens under
   :func:`train_tokenizer`.

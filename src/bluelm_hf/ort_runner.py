@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,16 @@ class OrtBlueLM:
         self.static_batch = manifest["components"]["decoder"].get("static_batch_size")
         self._vision_factory = vision_factory  # set when the vision graph is loaded per call, then released
         self.last_timings: dict[str, float] = {}
+
+    @property
+    def config(self) -> SimpleNamespace:
+        """The manifest's model facts (`image_token_id`, `think_start_token_id`, ...) as attributes, like a config."""
+        return SimpleNamespace(**self.model_info)
+
+    @property
+    def device(self) -> torch.device:
+        """Inputs are handed over on the CPU (as numpy); ONNX Runtime places them on its providers."""
+        return torch.device("cpu")
 
     # ------------------------------------------------------------------ loading
     @classmethod
