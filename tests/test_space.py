@@ -325,12 +325,18 @@ def test_api_budget_caps_reasoning(client, budget):
     assert thought["metadata"]["log"] == f"{budget} tokens of a {budget}-token budget"
 
 
-def test_api_multi_turn_keeps_the_image(client):
+def _example_image_tokens(processor) -> int:
+    example = Image.open(nano_task.EXAMPLE_IMAGE_PATH)
+    return processor.image_processor.get_number_of_image_tokens(example.height, example.width)
+
+
+def test_api_multi_turn_keeps_the_image(client, processor):
     first = _ask(client, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], thinking=False)[0]
     history, _, _, _, summary = _ask(client, "And how many cells?", history=_resend(first))
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "assistant"]
     assert _text(history[-1]) == THINKING_ANSWER
-    assert "80 image tokens" in summary  # the earlier image is still the conversation's image
+    # the earlier image is still the conversation's image
+    assert f"= {_example_image_tokens(processor)} image tokens" in summary
 
 
 def test_api_bad_inputs_are_errors_not_crashes(client, tmp_path):
@@ -357,10 +363,11 @@ def test_api_bad_inputs_are_errors_not_crashes(client, tmp_path):
 
 def test_api_conversation_longer_than_the_context_is_an_error(client, tmp_path, processor):
     big = _png(tmp_path / "big.png", Image.new("RGB", (448, 448), (40, 90, 200)))
-    tokens = processor.image_processor.get_number_of_image_tokens(448, 448)  # 17 tiles x 16 = 272
-    assert 4 * tokens > 1024  # the scripted model's context
+    tokens = processor.image_processor.get_number_of_image_tokens(448, 448)  # 17 tiles x 4 = 68
+    copies = 1024 // tokens + 1
+    assert copies * tokens > 1024  # the scripted model's context
     with pytest.raises(gradio_client.exceptions.AppError, match="this model's context is 1024"):
-        _ask(client, QUESTION, [big] * 4)
+        _ask(client, QUESTION, [big] * copies)
 
 
 def test_default_model_is_the_bundled_nano(app, monkeypatch):
@@ -394,7 +401,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 
 @pytest.mark.slow
-def test_browser_chat_thinking_and_budget(server, tmp_path):
+def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
     sync_playwright, chromium = _browser()
     from playwright.sync_api import expect
 
@@ -443,7 +450,7 @@ def test_browser_chat_thinking_and_budget(server, tmp_path):
             expect(reasoning).to_be_hidden()
             thoughts.first.locator(".title").click()  # ... and open again
             expect(reasoning).to_be_visible()
-            expect(page.locator("#anyres-summary")).to_contain_text("= 80 image tokens")
+            expect(page.locator("#anyres-summary")).to_contain_text(f"= {_example_image_tokens(processor)} image tokens")
             shot("01-thinking.png")
 
             # 2. non-thinking follow-up about the same image: an answer and no new bubble
