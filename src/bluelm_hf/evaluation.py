@@ -15,17 +15,21 @@ def evaluate_nano(
     max_new_tokens: int = 64,
     seed: int = nano_task.NANO_EVAL_SEED,
     dataset=None,
+    return_outputs: bool = False,
 ) -> dict:
     """Greedy-decode `n` held-out questions and score them.
 
     Returns a dict: `accuracy`, `n`, `mean_thinking_tokens`, `well_formed` (share of rows whose completion has
     exactly the shape the mode asks for: `<think>...</think>answer` in thinking mode, no think tag otherwise),
-    `rows_with_think_tag`, and the `thinking`/`thinking_budget` settings.
+    `rows_with_think_tag`, and the `thinking`/`thinking_budget` settings. With `return_outputs`, also `outputs`: the
+    parsed completion of every row (`inference.generate`'s dicts), in dataset order.
+
+    `model` may be a PyTorch BlueLM or an `OrtBlueLM` (an ONNX export, see `inference.load`).
     """
     dataset = dataset if dataset is not None else nano_task.make_eval_set(n, seed=seed)
     n = len(dataset)
     correct = well_formed = with_think = thinking_tokens = 0
-    predictions = []
+    outputs_all = []
     for start in range(0, n, batch_size):
         rows = dataset[start : start + batch_size]
         outputs = generate(
@@ -53,8 +57,8 @@ def evaluate_nano(
             else:
                 well_formed += not has_tag and bool(out["content"].strip())
             thinking_tokens += out["num_thinking_tokens"]
-            predictions.append(out["content"])
-    return {
+            outputs_all.append(out)
+    result = {
         "accuracy": correct / n,
         "n": n,
         "thinking": thinking,
@@ -63,6 +67,9 @@ def evaluate_nano(
         "well_formed": well_formed / n,
         "rows_with_think_tag": with_think,
     }
+    if return_outputs:
+        result["outputs"] = outputs_all
+    return result
 
 
 __all__ = ["evaluate_nano"]
