@@ -372,14 +372,19 @@ class BlueLMVImageProcessingMixin:
         """
         if "size" in kwargs or "tile_size" in kwargs:
             kwargs = self._sync_size_and_tile_size(kwargs, default_tile_size=self.tile_size)
-        if kwargs.get("crop_to_patches") is False:
-            if kwargs.get("max_grid_size") not in (None, 1):
-                raise ValueError(
-                    f"crop_to_patches=False means one tile per image, which contradicts max_grid_size="
-                    f"{kwargs['max_grid_size']}; pass one of the two"
-                )
-            kwargs["max_grid_size"] = 1
-        return super().preprocess(images, **kwargs)
+        return super().preprocess(images, **self._resolve_crop_to_patches(kwargs))
+
+    @staticmethod
+    def _resolve_crop_to_patches(kwargs: dict) -> dict:
+        """`crop_to_patches=False` (InternVL's "no tiling") as what it means here: `max_grid_size=1`."""
+        if kwargs.get("crop_to_patches") is not False:
+            return kwargs
+        if kwargs.get("max_grid_size") not in (None, 1):
+            raise ValueError(
+                f"crop_to_patches=False means one tile per image, which contradicts max_grid_size="
+                f"{kwargs['max_grid_size']}; pass one of the two"
+            )
+        return {**kwargs, "max_grid_size": 1}
 
     # ---- token counts (the processor expands image placeholders with these)
     def _setting(self, name: str, images_kwargs: dict | None):
@@ -389,13 +394,12 @@ class BlueLMVImageProcessingMixin:
 
     def get_anyres_plan(self, height: int, width: int, images_kwargs: dict | None = None) -> AnyResPlan:
         """The tiling of a `height` x `width` image under this processor's settings (overridable per call)."""
+        images_kwargs = self._resolve_crop_to_patches(images_kwargs or {})
         return plan_anyres(
             height,
             width,
             tile_size=self._setting("tile_size", images_kwargs),
-            max_grid_size=1 if (images_kwargs or {}).get("crop_to_patches") is False else self._setting(
-                "max_grid_size", images_kwargs
-            ),
+            max_grid_size=self._setting("max_grid_size", images_kwargs),
             max_image_side=self._setting("max_image_side", images_kwargs),
             alpha=self._setting("anyres_alpha", images_kwargs),
             use_thumbnail=self._setting("use_thumbnail", images_kwargs),
