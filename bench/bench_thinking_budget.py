@@ -86,11 +86,11 @@ def per_step(model, batch: int, prompt: int, generated: int, steps: int) -> dict
             processor(ids[:, :length], scores)
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, : start_len - 1], past_key_values=cache, use_cache=True)
+    model(input_ids=ids[:, : start_len - 1], cache=cache, use_cache=True)
     times = {"decode step": [], **{name: [] for name in budgeted}}
     for length in range(start_len, start_len + steps):
         start = time.perf_counter()
-        logits = model(input_ids=ids[:, length - 1 : length], past_key_values=cache, use_cache=True).logits
+        logits = model(input_ids=ids[:, length - 1 : length], cache=cache, use_cache=True).logits
         logits = logits[:, -1].to(copy=True, dtype=torch.float32)
         times["decode step"].append(time.perf_counter() - start)
         rows = ids[:, :length]

@@ -115,6 +115,17 @@ def test_fp32_export_layout_and_verification(fp32_export):
     assert not list(out.glob("*.safetensors"))
 
 
+def test_export_graphs_carry_no_debug_metadata(fp32_export):
+    """torch.onnx's per-node FX / stack-trace metadata is stripped (it was a fifth of nano's mixed export)."""
+    import onnx
+
+    out, _ = fp32_export
+    for name in ("vision_encoder", "embed_tokens", "decoder"):
+        graph = onnx.load(str(out / f"{name}.onnx"), load_external_data=False).graph
+        assert len(graph.node) > 0
+        assert [n.name for n in graph.node if len(n.metadata_props)] == []
+
+
 def test_runner_matches_pytorch_generate(runner, torch_model):
     model, processor = torch_model
     batch = _inputs(processor)
@@ -230,9 +241,9 @@ def test_quantized_exports_are_smaller_and_verified(fp32_export, tmp_path, quant
     assert report["total_size_bytes"] < fp32_report["total_size_bytes"]
     manifest = json.loads((tmp_path / quant / MANIFEST_FILE).read_text())
     decoder = manifest["components"]["decoder"]["quantization"]
-    assert decoder["method"] == ("onnxruntime.quantize_dynamic" if quant == "int8" else "onnxruntime.MatMulNBits")
+    assert (decoder["method"], decoder["bits"]) == ("onnxruntime.MatMulNBits", 8 if quant == "int8" else 4)
     vision = manifest["components"]["vision_encoder"]["quantization"]["method"]
-    assert vision == ("onnxruntime.quantize_dynamic" if quant == "int8" else "none")
+    assert vision == ("onnxruntime.MatMulNBits + onnxruntime.quantize_dynamic" if quant == "int8" else "none")
     assert manifest["components"]["decoder"]["size_bytes"] < fp32_report["sizes"]["decoder"]
     # the quantized export runs the whole chat path
     runner = OrtBlueLM.from_pretrained(tmp_path / quant, num_threads=1)
@@ -246,7 +257,11 @@ def test_mixed_export_end_to_end(model_dir, fp32_export, tmp_path):
     assert report["verification"]["passed"]
     assert report["total_size_bytes"] < fp32_export[1]["total_size_bytes"]
     manifest = json.loads((tmp_path / "mixed" / MANIFEST_FILE).read_text())
-    assert manifest["components"]["vision_encoder"]["quantization"]["method"] == "onnxruntime.quantize_dynamic"
+    vision = manifest["components"]["vision_encoder"]["quantization"]
+    assert [(step["method"], step.get("bits")) for step in vision["steps"]] == [
+        ("onnxruntime.MatMulNBits", 8),
+        ("onnxruntime.quantize_dynamic", None),
+    ]
     assert manifest["components"]["decoder"]["quantization"]["bits"] == 4
     assert manifest["components"]["decoder"]["quantization"]["block_size"] == 32
 

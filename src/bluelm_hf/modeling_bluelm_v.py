@@ -15,9 +15,18 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, LogitsProcessorList, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+
+try:  # transformers >= 5.24: the KV cache is `cache` and encoder outputs are `image_outputs`
+    from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
+except ImportError as error:  # remote code loaded by an older transformers
+    raise ImportError(
+        "BlueLM-V needs transformers >= 5.24 (the `cache` / `image_outputs` model outputs); "
+        "upgrade with `pip install -U 'transformers>=5.24,<6'`"
+    ) from error
 
 from .configuration_bluelm_v import BlueLMVConfig
 
@@ -77,7 +86,6 @@ class BlueLMVPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -86,23 +94,14 @@ class BlueLMVPreTrainedModel(PreTrainedModel):
 
 
 @dataclass
-class BlueLMVModelOutputWithPast(BaseModelOutputWithPast):
-    r"""
-    image_hidden_states (`torch.Tensor` of shape `(num_image_tokens, hidden_size)`, *optional*):
-        Projected image features, in placeholder order.
-    """
-
-    image_hidden_states: torch.Tensor | None = None
+class BlueLMVModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    r"""The language model's outputs plus `image_outputs`: `get_image_features`' output (`pooler_output` holds one
+    `(tiles_i * tokens_per_tile, hidden_size)` tensor of projected features per image), `None` without images."""
 
 
 @dataclass
-class BlueLMVCausalLMOutputWithPast(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor] | None = None
-    attentions: tuple[torch.Tensor] | None = None
-    image_hidden_states: torch.Tensor | None = None
+class BlueLMVCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    r"""`loss`, `logits`, `cache`, `hidden_states`, `attentions`, and `image_outputs` as in `BlueLMVModelOutputWithPast`."""
 
 
 class BlueLMVModel(BlueLMVPreTrainedModel):
@@ -177,6 +176,7 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
         return special_image_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -184,7 +184,7 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
@@ -202,13 +202,12 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
         if mm_encoder_outputs.get("image") is None and pixel_values is not None and pixel_values.shape[0] > 0:
             mm_encoder_outputs["image"] = self.get_image_features(pixel_values, image_grids=image_grids)
 
-        image_features = None
         if mm_encoder_outputs.get("image") is not None:
             image_features = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0)
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
-        elif input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
             n_image_tokens = int((input_ids == self.config.image_token_id).sum())
             if n_image_tokens:
                 raise ValueError(f"The text has {n_image_tokens} image tokens but no pixel_values were given")
@@ -216,18 +215,12 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
-        return BlueLMVModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_features,
-        )
+        return BlueLMVModelOutputWithPast(**outputs, image_outputs=mm_encoder_outputs.get("image"))
 
 
 class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
@@ -261,6 +254,7 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
         return self.model.get_image_features(pixel_values, image_grids=image_grids, **kwargs)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -268,7 +262,7 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
         image_grids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -287,7 +281,7 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
             image_grids=image_grids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             mm_encoder_outputs=mm_encoder_outputs,
@@ -304,10 +298,10 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
         return BlueLMVCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
 
     def generate(self, *args, thinking_budget=None, logits_processor=None, **kwargs):
