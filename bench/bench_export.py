@@ -13,6 +13,7 @@ the same number). Timing comes from a streamer's `put` calls, the same for ONNX 
               set right after importing torch / transformers / onnxruntime (what the model and its run add)
 
 Prints a markdown table. `--int8-kv` adds the mixed export with an int8 KV cache (a second trace, batch-1 decoder).
+When `executorch` is installed, the ExecuTorch (XNNPACK, fp32) export runs too, through the same runner.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ VARIANTS = {
     "mixed": "ORT mixed (ViT int8 + LLM int4)",
     "mixed-lean": "ORT mixed, ViT freed after encoding",
     "mixed-kv8": "ORT mixed + int8 KV cache",
+    "executorch": "ExecuTorch fp32 (XNNPACK)",
 }
 
 
@@ -183,6 +185,10 @@ def build(args) -> None:
             start = time.perf_counter()
             quantize_export(work / "fp32", work / quant, quant, overwrite=True, model_dir=args.model)
             times[quant] = time.perf_counter() - start
+    if "executorch" in wanted and not (work / "executorch" / "bluelm_export.json").exists():
+        start = time.perf_counter()
+        export_model(args.model, work / "executorch", format="executorch", overwrite=True)
+        times["executorch"] = time.perf_counter() - start
     if "mixed-kv8" in wanted and not (work / "mixed-kv8" / "bluelm_export.json").exists():
         start = time.perf_counter()
         export_model(args.model, work / "mixed-kv8", quant="mixed", kv_cache="int8", overwrite=True)
@@ -218,7 +224,11 @@ def main(argv=None) -> int:
         return 0
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bluelm_bench_"))
+    import importlib.util
+
     default = ["pytorch", "fp32", "int8", "mixed", "mixed-lean"] + (["mixed-kv8"] if args.int8_kv else [])
+    if importlib.util.find_spec("executorch") is not None:
+        default.append("executorch")
     variants = args.variants or default
     # The exports are built in a subprocess: this process stays free of torch, so it adds nothing to the workers.
     cmd = [sys.executable, __file__, args.model, "--build", ",".join(variants), "--work-dir", str(work)]
@@ -226,7 +236,7 @@ def main(argv=None) -> int:
     if built.returncode:
         raise RuntimeError(f"building the exports failed:\n{built.stderr[-3000:]}")
     build_times = json.loads([line for line in built.stdout.splitlines() if line.startswith("{")][-1])
-    exports = {name: work / name for name in ("fp32", "int8", "mixed", "mixed-kv8")}
+    exports = {name: work / name for name in ("fp32", "int8", "mixed", "mixed-kv8", "executorch")}
 
     results = []
     for variant in variants:

@@ -7,12 +7,14 @@ projector int8, LLM int4), then greedy-decodes the nano task's held-out question
 in thinking and non-thinking mode, through the same `bluelm_hf.inference.generate` (same processor, chat template
 and batches). Reports per variant and mode: accuracy, the share of completions token-for-token identical to PyTorch's,
 the accuracy difference to PyTorch in points, and the export's size. Prints a markdown table and, with --json, one
-JSON line per row.
+JSON line per row. When `executorch` is installed, the ExecuTorch (XNNPACK, fp32) export is checked too; its
+programs are batch-1, so it decodes the questions one by one.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from bluelm_hf import nano_task
 from bluelm_hf.evaluation import evaluate_nano
 from bluelm_hf.inference import load
 
-VARIANTS = ("fp32", "int8", "mixed")
+VARIANTS = ("fp32", "int8", "mixed") + (("executorch",) if importlib.util.find_spec("executorch") else ())
 
 
 def build_exports(model_dir: Path, work: Path) -> dict[str, Path]:
@@ -37,6 +39,8 @@ def build_exports(model_dir: Path, work: Path) -> dict[str, Path]:
     for quant in ("int8", "mixed"):
         if not (dirs[quant] / "bluelm_export.json").exists():
             quantize_export(dirs["fp32"], dirs[quant], quant, overwrite=True, model_dir=model_dir)
+    if "executorch" in dirs and not (dirs["executorch"] / "bluelm_export.json").exists():
+        export_model(model_dir, dirs["executorch"], format="executorch", overwrite=True)
     return dirs
 
 
@@ -63,8 +67,9 @@ def main(argv=None) -> int:
         for name, path in dirs.items():
             export, export_processor = load(path)
             start = time.perf_counter()
+            batch_size = 1 if name == "executorch" else args.batch_size
             got = evaluate_nano(export, export_processor, dataset=dataset, thinking=thinking,
-                                batch_size=args.batch_size, return_outputs=True)  # fmt: skip
+                                batch_size=batch_size, return_outputs=True)  # fmt: skip
             same = sum(g["text"] == r["text"] for g, r in zip(got["outputs"], ref["outputs"])) / len(dataset)
             size = json.loads((path / "bluelm_export.json").read_text())["total_size_bytes"] / 2**20
             rows.append(dict(variant=name, thinking=thinking, accuracy=got["accuracy"], identical=same,

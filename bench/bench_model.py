@@ -7,9 +7,15 @@
 1. ViT+projector: `get_image_features` on 1..17 tiles (the AnyRes range: up to 4x4 + thumbnail) of a
    SigLIP tower; a least-squares line through the timings and its R^2 show cost is linear in tiles.
 2. Decode: greedy tokens/s of BlueLM vs `LlavaNextForConditionalGeneration` with an equal-size config (same
-   SigLIP-shaped tower width/depth for LLaVA's CLIP tower, same llama LLM, same prompt length and image),
-   both timed in the same process, interleaved, median of repeats. The prompt is text-only so both decode
-   against the same KV length: the LLM is identical, so this measures the per-step overhead each wrapper adds.
+   SigLIP-shaped tower width/depth for LLaVA's CLIP tower, same llama LLM), both timed in the same process,
+   interleaved, median of repeats, in two settings:
+   - `text`: a text-only prompt, so both decode against the same KV length through the identical LLM; this
+     isolates the per-step overhead each wrapper adds (parity is the expected result);
+   - `image`: one 640x480 photo (the most common size in shared/data/image_sizes.csv), each model through its own
+     processor at the same 384-px tile and the same 4x4 grid set. BlueLM's 2x2 merge gives 196 tokens per tile,
+     LLaVA-NeXT 729 (plus a newline token per row), so LLaVA-NeXT decodes against a KV cache ~3.6x longer.
+   Decode tokens/s = new tokens / (time(1 + N new tokens) - time(1 new token)), so prefill is not counted;
+   prefill (the 1-token run) is reported on its own.
 """
 
 import argparse
@@ -79,48 +85,99 @@ def bench_vit(repeats: int) -> None:
     print(f"\nfit: {slope * 1e3:.2f} ms/tile + {intercept * 1e3:.2f} ms, R^2 = {1 - ss_res / ss_tot:.4f}")
 
 
-@torch.inference_mode()
-def bench_decode(repeats: int, new_tokens: int) -> None:
+def _llava_next(tile: int):
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-    tile = 336  # LLaVA-NeXT's CLIP tile; both models get one 336-px tile-equivalent image
-    ours = bluelm_model(image_size=tile)
-    llava_config = LlavaNextConfig(
+    from bluelm_hf.image_processing_bluelm_v import candidate_grids
+
+    config = LlavaNextConfig(
         vision_config=dict(model_type="clip_vision_model", image_size=tile, projection_dim=512, **VISION),
         text_config=TEXT,
         image_token_index=31999,
-        image_grid_pinpoints=[[tile, tile]],
-        vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[rows * tile, cols * tile] for rows, cols in candidate_grids(4)],
+        vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    llava = LlavaNextForConditionalGeneration(llava_config).eval()
-    prompt_len = 64
-    ids = torch.randint(0, 31000, (1, prompt_len))
+    return LlavaNextForConditionalGeneration(config).eval()
 
-    def run(model):
-        return model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-            do_sample=False,
-        )
 
-    # decode speed is what is compared: the text-only prompt gives both the same KV length and LLM
-    results = {"bluelm_hf": [], "llava_next": []}
-    for model in (ours, llava):
-        run(model)  # warm-up
-    for _ in range(repeats):
-        for name, model in (("bluelm_hf", ours), ("llava_next", llava)):
-            start = time.perf_counter()
-            run(model)
-            results[name].append(new_tokens / (time.perf_counter() - start))
-    print(f"\n### Decode tokens/s (greedy, batch 1, {prompt_len}-token prompt, {new_tokens} new tokens, same llama LLM)\n")
-    print("| model | tokens/s (median) |")
-    print("|---|---:|")
-    med = {k: statistics.median(v) for k, v in results.items()}
-    for name, value in med.items():
-        print(f"| {name} | {value:.1f} |")
-    print(f"\nratio bluelm_hf / llava_next = {med['bluelm_hf'] / med['llava_next']:.3f}")
+def _image_inputs(tile: int, width: int, height: int) -> dict:
+    """The same photo through each model's own processor (same tile, same grid set), plus the same question."""
+    import numpy as np
+    from PIL import Image
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    from bluelm_hf import BlueLMVImageProcessor, BlueLMVProcessor
+    from bluelm_hf.image_processing_bluelm_v import candidate_grids
+    from bluelm_hf.nano_task import tokenizer_corpus, train_tokenizer
+
+    tokenizer = train_tokenizer(tokenizer_corpus(n=200))  # ids < 400: valid for both 32k-vocab LLMs
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    ours = BlueLMVProcessor(
+        image_processor=BlueLMVImageProcessor(tile_size=tile, max_grid_size=4, patch_size=14), tokenizer=tokenizer
+    )
+    llava = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(
+            size={"shortest_edge": tile},
+            crop_size={"height": tile, "width": tile},
+            image_grid_pinpoints=[[rows * tile, cols * tile] for rows, cols in candidate_grids(4)],
+        ),
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    text = "<image>How many red cells are there in this picture? Count them one by one."
+    out = {
+        "bluelm_hf": dict(ours(text=[text], images=[image], return_tensors="pt")),
+        "llava_next": dict(llava(text=[text], images=[image], return_tensors="pt")),
+    }
+    # The LLMs see the image token id of their config, whatever the tokenizer calls it.
+    for name, config_id in (("bluelm_hf", 31999), ("llava_next", 31999)):
+        ids = out[name]["input_ids"]
+        out[name]["input_ids"] = torch.where(ids == tokenizer.image_token_id, config_id, ids)
+    return out
+
+
+@torch.inference_mode()
+def bench_decode(repeats: int, new_tokens: int) -> None:
+    tile = 384
+    models = {"bluelm_hf": bluelm_model(image_size=tile), "llava_next": _llava_next(tile)}
+    ids = torch.randint(0, 31000, (1, 64))
+    settings = {
+        "text": {name: {"input_ids": ids, "attention_mask": torch.ones_like(ids)} for name in models},
+        "image": _image_inputs(tile, 640, 480),
+    }
+
+    def run(name, inputs, tokens):
+        return models[name].generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+
+    for setting, inputs in settings.items():
+        for name in models:
+            run(name, inputs[name], 2)  # warm-up
+        full = {name: [] for name in models}
+        first = {name: [] for name in models}
+        for _ in range(repeats):  # interleaved, so load changes hit both models alike
+            for name in models:
+                start = time.perf_counter()
+                run(name, inputs[name], 1)
+                first[name].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                run(name, inputs[name], 1 + new_tokens)
+                full[name].append(time.perf_counter() - start)
+        print(f"\n#### Decode, {setting} prompt (greedy, batch 1, {new_tokens} new tokens, same llama LLM)\n")
+        print("| model | prompt tokens | image tokens | prefill ms (median) | decode tokens/s (median) |")
+        print("|---|---:|---:|---:|---:|")
+        rate = {}
+        for name in models:
+            prompt = int(inputs[name]["input_ids"].shape[1])
+            image_tokens = int((inputs[name]["input_ids"] == 31999).sum())
+            prefill = statistics.median(first[name])
+            rate[name] = statistics.median(new_tokens / max(f - p, 1e-9) for f, p in zip(full[name], first[name]))
+            print(f"| {name} | {prompt} | {image_tokens} | {prefill * 1e3:.0f} | {rate[name]:.1f} |")
+        print(f"\nratio bluelm_hf / llava_next ({setting}) = {rate['bluelm_hf'] / rate['llava_next']:.3f}")
 
 
 def main() -> None:

@@ -27,6 +27,10 @@ class BlueLMSFTArguments:
     dataset_size: int = field(default=20_000, metadata={"help": "Training rows drawn from the nano task."})
     data_seed_offset: int = field(default=0, metadata={"help": "Seed of the nano task generator."})
     think_ratio: float = field(default=0.5, metadata={"help": "Share of thinking-mode rows (mode fusion)."})
+    verbose_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Share of thinking rows with the verbose (over-thinking) trace, for GRPO to shorten."},
+    )
     tokenizer_vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary when building nano."})
     eval_size: int = field(default=200, metadata={"help": "Held-out rows for the final accuracy check (0: skip)."})
     train_stage: str = field(
@@ -57,8 +61,25 @@ def main(script_args, training_args, model_args):
     apply_train_stage(model, script_args.train_stage)
 
     train_dataset = nano_task.make_sft_dataset(
-        script_args.dataset_size, seed=script_args.data_seed_offset, think_ratio=script_args.think_ratio
+        script_args.dataset_size,
+        seed=script_args.data_seed_offset,
+        think_ratio=script_args.think_ratio,
+        verbose_ratio=script_args.verbose_ratio,
     )
+    if training_args.train_sampling_strategy == "group_by_length":
+        # transformers' LengthGroupedSampler reads the lengths from a column; TRL keeps only messages + images of a
+        # vision dataset unless told otherwise. (For nano, grouping hurt: see recipes/nano_sft.yaml.)
+        if training_args.remove_unused_columns:
+            raise ValueError(
+                "train_sampling_strategy=group_by_length needs --remove_unused_columns false: TRL drops every column "
+                f"of a vision dataset but messages and images, {training_args.length_column_name!r} included"
+            )
+        if training_args.length_column_name not in train_dataset.column_names:
+            from bluelm_hf.training import sequence_lengths
+
+            train_dataset = train_dataset.add_column(
+                training_args.length_column_name, sequence_lengths(train_dataset, processor)
+            )
     optimizers = (None, None)
     if script_args.vision_lr_decay != 1.0:
         optimizers = (vision_layerwise_optimizer(model, training_args, script_args.vision_lr_decay), None)

@@ -1,7 +1,12 @@
-"""The distributed path for real: 2 CPU processes (torchrun) in one gloo process group runs
-SFT (BlueLM-nano from scratch) and GRPO (from the bundled nano), a few steps each."""
+"""The distributed path for real: 2 CPU processes in one gloo process group run SFT (BlueLM-nano from scratch)
+and GRPO (from the bundled nano), a few steps each, under both launchers a user has:
+
+- `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml` (accelerate's MULTI_CPU: mpirun, Open MPI;
+  .ci/run installs openmpi-bin);
+- `torchrun --nproc_per_node 2` (torch's elastic launcher; accelerate's PartialState joins its group)."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,15 +23,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(script: str, *args: str) -> str:
-    # torchrun sets RANK/WORLD_SIZE; accelerate's PartialState then joins one gloo group (accelerate's own
-    # MULTI_CPU launcher started a single process here).
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(ROOT / "recipes" / script), *args,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+HAS_MPIRUN = shutil.which("mpirun") is not None
+LAUNCHERS = [
+    "torchrun",
+    pytest.param(
+        "accelerate",
+        marks=pytest.mark.skipif(not HAS_MPIRUN, reason="accelerate's MULTI_CPU needs mpirun (apt-get install openmpi-bin)"),
+    ),
+]
+
+
+def launch(launcher: str, script: str, *args: str) -> str:
+    if launcher == "torchrun":
+        prefix = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        ]  # fmt: skip
+    else:
+        prefix = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(ROOT / "recipes/accelerate/cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+        ]  # fmt: skip
+    cmd = [*prefix, str(ROOT / "recipes" / script), *args]
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -39,10 +61,11 @@ def assert_one_group_of_two(output: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_sft(tmp_path):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_process_sft(tmp_path, launcher):
     sft_dir = tmp_path / "sft"
     out = launch(
-        "sft.py", "--config", str(ROOT / "recipes/nano_sft.yaml"),
+        launcher, "sft.py", "--config", str(ROOT / "recipes/nano_sft.yaml"),
         "--output_dir", str(sft_dir), "--max_steps", "2", "--dataset_size", "16",
         "--per_device_train_batch_size", "2", "--eval_size", "0", "--save_strategy", "no",
         "--dataloader_num_workers", "0", "--logging_steps", "1",
@@ -53,14 +76,15 @@ def test_two_process_sft(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_grpo(tmp_path):
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_process_grpo(tmp_path, launcher):
     """GRPO from the bundled BlueLM-nano in one 2-process group: TRL's GRPOTrainer with our processor (its
     InternVL-style tile count, `crop_to_patches` / `num_patches`, and a processor output of model inputs only)."""
     import bluelm_hf
 
     grpo_dir = tmp_path / "grpo"
     out = launch(
-        "grpo.py", "--config", str(ROOT / "recipes/nano_grpo.yaml"),
+        launcher, "grpo.py", "--config", str(ROOT / "recipes/nano_grpo.yaml"),
         "--model_name_or_path", str(bluelm_hf.NANO), "--output_dir", str(grpo_dir), "--max_steps", "2",
         "--dataset_size", "8", "--per_device_train_batch_size", "2", "--num_generations", "2",
         "--max_completion_length", "8", "--eval_size", "0", "--logging_steps", "1",

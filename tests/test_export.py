@@ -378,10 +378,17 @@ def test_executorch_export(model_dir, tmp_path, torch_model):
     assert runner.chat("How many?", random_image(90, 70), max_new_tokens=3)["text"] is not None
 
 
-@pytest.mark.skipif(HAS_EXECUTORCH, reason="executorch is installed")
-def test_executorch_missing_is_a_clear_error(model_dir, tmp_path):
-    with pytest.raises(ImportError, match="executorch"):
+def test_executorch_missing_is_a_clear_error(model_dir, tmp_path, monkeypatch):
+    import transformers.exporters
+
+    class Missing:
+        def __init__(self):
+            raise ModuleNotFoundError("No module named 'executorch'")
+
+    monkeypatch.setattr(transformers.exporters, "ExecutorchExporter", Missing, raising=False)
+    with pytest.raises(ImportError, match=r"needs the `executorch` package .* pip install executorch"):
         export_model(model_dir, tmp_path / "et", format="executorch")
+    assert not (tmp_path / "et" / "decoder.pte").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- bitsandbytes

@@ -113,7 +113,7 @@ def test_answers_and_traces_match_the_rendered_pixels():
     kind=st.sampled_from(nano_task.QUESTION_KINDS),
     targets=st.lists(st.sampled_from(PALETTE), min_size=2, max_size=2, unique=True),
 )
-def test_trace_is_a_running_tally_that_ends_in_the_answer(colours, kind, targets):
+def test_traces_are_a_running_tally_that_ends_in_the_answer(colours, kind, targets):
     targets = tuple(targets[:1]) if kind == "count" else tuple(targets) if kind == "count_any" else ()
     if kind == "most" and nano_task.most_common(colours) is None:
         with pytest.raises(ValueError, match="tie"):
@@ -129,6 +129,34 @@ def test_trace_is_a_running_tally_that_ends_in_the_answer(colours, kind, targets
         assert max(tallies) == Counter(colours)[answer]
     else:
         assert tallies == list(range(1, int(answer) + 1))
+    # The verbose style says the same at greater length.
+    concise = words
+    verbose = nano_task.thinking_trace(colours, kind, targets, style="verbose").split()
+    # Every cell is announced as "cell <position>" before its colour; without those markers the verbose trace is
+    # the concise one, word for word.
+    positions = [i for i, w in enumerate(verbose) if w == "cell"]
+    assert [verbose[i + 1] for i in positions] == [str(k) for k in range(1, len(colours) + 1)]
+    assert [verbose[i + 2] for i in positions] == list(colours)
+    dropped = {i for p in positions for i in (p, p + 1)}
+    assert [w for i, w in enumerate(verbose) if i not in dropped] == concise
+    assert len(verbose) == len(concise) + 2 * len(colours)
+    with pytest.raises(ValueError, match="trace style"):
+        nano_task.thinking_trace(colours, kind, targets, style="terse")
+
+
+def test_sft_dataset_mixes_trace_styles_in_the_requested_ratio():
+    dataset = nano_task.make_sft_dataset(40, seed=2, think_ratio=0.5, verbose_ratio=0.7)
+    styles = dataset["trace_style"]
+    assert [s is None for s in styles] == [not t for t in dataset["think"]]
+    assert styles.count("verbose") == 14 and styles.count("concise") == 6
+    for row in dataset:
+        reasoning = row["messages"][1]["reasoning_content"]
+        if row["trace_style"] is not None:
+            assert (reasoning.split()[0] == "cell") == (row["trace_style"] == "verbose")
+    # The default keeps every trace concise; ratios outside [0, 1] are refused.
+    assert "verbose" not in nano_task.make_sft_dataset(8, seed=2)["trace_style"]
+    with pytest.raises(ValueError, match="verbose_ratio"):
+        nano_task.make_sft_dataset(4, verbose_ratio=-0.1)
 
 
 def test_sft_dataset_mixes_modes_in_the_requested_ratio():
@@ -203,7 +231,8 @@ def test_tokenizer_round_trips_and_spends_one_token_per_word(nano_tokenizer, tmp
         assert nano_tokenizer.decode(nano_tokenizer.encode(text, add_special_tokens=False)) == text
     # One token per word: a trace costs as many tokens as it has words, a question one more (the "?").
     for s in samples:
-        assert len(nano_tokenizer.tokenize(s.thinking)) == len(s.thinking.split())
+        for trace in (s.trace("concise"), s.trace("verbose")):
+            assert len(nano_tokenizer.tokenize(trace)) == len(trace.split())
         assert len(nano_tokenizer.tokenize(s.question)) == len(s.question.split()) + 1
         assert len(nano_tokenizer.tokenize(s.answer)) == 1
     assert len(nano_tokenizer) < 400

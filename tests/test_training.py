@@ -8,7 +8,12 @@ from conftest import tiny_config
 
 from bluelm_hf import BlueLMVForConditionalGeneration, nano_task
 from bluelm_hf.assemble import add_bluelm_special_tokens
-from bluelm_hf.training import apply_train_stage, vision_layer_depth, vision_layerwise_param_groups
+from bluelm_hf.training import (
+    apply_train_stage,
+    sequence_lengths,
+    vision_layer_depth,
+    vision_layerwise_param_groups,
+)
 
 
 @pytest.fixture
@@ -20,6 +25,20 @@ def fresh_model(tiny_tokenizer):
 
 def trainable(module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def test_sequence_lengths_are_what_the_processor_builds(tiny_processor):
+    """The `length` column for group_by_length: each row's token count, image placeholders expanded by tile count."""
+    dataset = nano_task.make_sft_dataset(24, seed=5, verbose_ratio=0.5)
+    lengths = sequence_lengths(dataset, tiny_processor)
+    built = []
+    for row in dataset:
+        text = tiny_processor.apply_chat_template(row["messages"], tokenize=False)
+        built.append(tiny_processor(text=[text], images=row["images"], return_tensors="pt")["input_ids"].shape[1])
+    assert lengths == built
+    assert len(set(lengths)) > 3  # the rows differ in image size and trace length, so the check is not vacuous
+    text_only = dataset.remove_columns("images")
+    assert sequence_lengths(text_only, tiny_processor)[0] < lengths[0]
 
 
 def test_adapter_stage_trains_projector_only(fresh_model):
@@ -100,7 +119,7 @@ def _train(tmp_path, tiny_processor, tiny_tokenizer, max_steps, resume=None, sav
         seed=0,
         data_seed=0,
         assistant_only_loss=True,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )

@@ -21,14 +21,15 @@ def evaluate_nano(
 
     Returns a dict: `accuracy`, `n`, `mean_thinking_tokens`, `well_formed` (share of rows whose completion has
     exactly the shape the mode asks for: `<think>...</think>answer` in thinking mode, no think tag otherwise),
-    `rows_with_think_tag`, and the `thinking`/`thinking_budget` settings. With `return_outputs`, also `outputs`: the
+    `rows_with_think_tag`, `verbose_traces` (share of rows whose reasoning is in the verbose style,
+    `cell 1 red yes 1 ...`, see `nano_task.thinking_trace`), and the `thinking`/`thinking_budget` settings. With `return_outputs`, also `outputs`: the
     parsed completion of every row (`inference.generate`'s dicts), in dataset order.
 
     `model` may be a PyTorch BlueLM or an `OrtBlueLM` (an ONNX export, see `inference.load`).
     """
     dataset = dataset if dataset is not None else nano_task.make_eval_set(n, seed=seed)
     n = len(dataset)
-    correct = well_formed = with_think = thinking_tokens = 0
+    correct = well_formed = with_think = thinking_tokens = verbose = 0
     outputs_all = []
     for start in range(0, n, batch_size):
         rows = dataset[start : start + batch_size]
@@ -57,6 +58,7 @@ def evaluate_nano(
             else:
                 well_formed += not has_tag and bool(out["content"].strip())
             thinking_tokens += out["num_thinking_tokens"]
+            verbose += (out.get("reasoning_content") or "").split()[:1] == ["cell"]
             outputs_all.append(out)
     result = {
         "accuracy": correct / n,
@@ -66,6 +68,7 @@ def evaluate_nano(
         "mean_thinking_tokens": thinking_tokens / n,
         "well_formed": well_formed / n,
         "rows_with_think_tag": with_think,
+        "verbose_traces": verbose / n,
     }
     if return_outputs:
         result["outputs"] = outputs_all

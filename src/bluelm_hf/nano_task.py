@@ -23,14 +23,20 @@ exactly that:
   ``most``      Which colour is most common?         red 1 blue 1 red 2 green 1 so red   red
   ============  ===================================  ==================================  ======
 
+  Those are the *concise* traces. Each also has a *verbose* form (:func:`thinking_trace` with
+  ``style="verbose"``) that numbers every cell, ``cell 1 red 1 cell 2 blue cell 3 red 2 cell 4 green so 2``:
+  the same reasoning at about twice the tokens. The SFT mix
+  (``make_sft_dataset(verbose_ratio=...)``) gives the nano model both, mostly verbose, so that it over-thinks
+  the way models distilled from long chains of thought do, and GRPO's Group Overlong has something real to cut.
+
   The trace names every cell in reading order (left to right, or top to bottom) and keeps a running tally:
   for counting questions a cell that matches gets the running count; for ``most`` every cell gets its
   colour's running count, and the answer is the colour that reaches the highest one. Each step is local
   (read the next cell, look up the previous tally, add one), so with thinking the answer is a copy of
   the last tally. Without thinking the model has to count implicitly over up to 36 image tokens, which a
   tiny model does much worse: that is the thinking/non-thinking gap. A trace cut short by a thinking
-  budget stops mid-tally, so accuracy grows with the budget. Traces are 4..18 tokens under
-  :func:`train_tokenizer`.
+  budget stops mid-tally, so accuracy grows with the budget. Concise traces are 4..18 tokens under
+  :func:`train_tokenizer`, verbose ones 8..34.
 
 - **Splits.** Train and eval never share a colour sequence: :func:`split_of` hashes the sequence
   (``"red blue red green"``) with BLAKE2b and sends :data:`EVAL_PERCENT` percent of all sequences to eval.
@@ -85,6 +91,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (236, 236, 236),
 }
 SHAPES = ("square", "disk")
+TRACE_STYLES = ("concise", "verbose")
 QUESTION_KINDS = ("count", "count_any", "total", "most")
 # Draw probabilities of the kinds; a `most` draw whose sequence has a tied maximum becomes a `count`.
 QUESTION_WEIGHTS = (0.35, 0.25, 0.2, 0.2)
@@ -148,7 +155,11 @@ class NanoSample:
 
     @property
     def thinking(self) -> str:
+        """The concise trace."""
         return thinking_trace(self.colours, self.kind, self.targets)
+
+    def trace(self, style: str = "concise") -> str:
+        return thinking_trace(self.colours, self.kind, self.targets, style)
 
     @property
     def answer(self) -> str:
@@ -184,21 +195,29 @@ def _matches(kind: str, targets: Sequence[str]) -> set[str]:
     return set(COLOURS) if kind == "total" else set(targets)
 
 
-def thinking_trace(colours: Sequence[str], kind: str, targets: Sequence[str] = ()) -> str:
-    """The reasoning: every cell in reading order with a running tally, then `so <answer>`."""
+def thinking_trace(colours: Sequence[str], kind: str, targets: Sequence[str] = (), style: str = "concise") -> str:
+    """The reasoning: every cell in reading order with a running tally, then `so <answer>`.
+
+    `style="concise"`: `red 1 blue red 2 green so 2`. `style="verbose"` numbers every cell as well, `cell 1 red 1
+    cell 2 blue cell 3 red 2 cell 4 green so 2`: about twice the tokens, and not one fact the concise trace lacks
+    (the position is a counter). It is the nano task's over-thinking, what GRPO's Group Overlong should learn to
+    drop.
+    """
+    if style not in TRACE_STYLES:
+        raise ValueError(f"unknown trace style {style!r}; expected one of {TRACE_STYLES}")
     words = []
-    if kind == "most":
-        seen: Counter[str] = Counter()
-        for colour in colours:
+    seen: Counter[str] = Counter()
+    matches, tally = _matches(kind, targets), 0
+    for position, colour in enumerate(colours, start=1):
+        if style == "verbose":
+            words += ["cell", str(position)]
+        words.append(colour)
+        if kind == "most":
             seen[colour] += 1
-            words += [colour, str(seen[colour])]
-    else:
-        matches, tally = _matches(kind, targets), 0
-        for colour in colours:
-            words.append(colour)
-            if colour in matches:
-                tally += 1
-                words.append(str(tally))
+            words.append(str(seen[colour]))
+        elif colour in matches:
+            tally += 1
+            words.append(str(tally))
     words += ["so", answer_for(colours, kind, targets)]
     return " ".join(words)
 
@@ -251,6 +270,11 @@ def _draw_size(rng: np.random.Generator, n_cells: int) -> tuple[int, int]:
     return (long_side, short_side) if ratio >= 1 else (short_side, long_side)
 
 
+def _byte(value) -> int:
+    """`value` clamped to 0..255 (np.clip on a scalar costs 30x more, and this runs 2M times for nano's SFT set)."""
+    return int(min(max(value, 0), 255))
+
+
 def _layout(
     rng: np.random.Generator, width: int, height: int, colours: Sequence[str]
 ) -> tuple[tuple[int, int, int], tuple[Cell, ...]]:
@@ -259,7 +283,7 @@ def _layout(
     long_side, short_side = (width, height) if horizontal else (height, width)
     slot = long_side / len(colours)
     grey = int(rng.integers(24, 73))
-    background = tuple(int(np.clip(grey + rng.integers(-6, 7), 0, 255)) for _ in range(3))
+    background = tuple(_byte(grey + rng.integers(-6, 7)) for _ in range(3))
     cells = []
     for i, colour in enumerate(colours):
         side = max(round(min(slot, short_side) * rng.uniform(*CELL_FILL)), 8)
@@ -269,7 +293,7 @@ def _layout(
         box = (a0, c0, a0 + side, c0 + side) if horizontal else (c0, a0, c0 + side, a0 + side)
         # Mostly a brightness shift, little hue shift: a jittered white must not turn pink.
         shade = int(rng.integers(-14, 15))
-        rgb = tuple(int(np.clip(v + shade + rng.integers(-6, 7), 0, 255)) for v in COLOURS[colour])
+        rgb = tuple(_byte(v + shade + rng.integers(-6, 7)) for v in COLOURS[colour])
         cells.append(Cell(colour, SHAPES[rng.integers(len(SHAPES))], rgb, box))
     return background, tuple(cells)
 
@@ -329,7 +353,7 @@ def messages_for(question: str, answer: str, thinking: str | None = None) -> lis
 def _png(image: Image.Image) -> dict:
     """A datasets `Image()` value holding PNG bytes: rows stay ~2 KB, not a decoded image, until used."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # lossless either way; level 1 encodes twice as fast
     return {"bytes": buffer.getvalue(), "path": None}
 
 
@@ -350,6 +374,7 @@ def _features(*columns: str):
         "kind": Value("string"),
         "colours": List(Value("string")),
         "think": Value("bool"),
+        "trace_style": Value("string"),
         "messages": List(message),
         "messages_think": List(message),
         "messages_no_think": List(message),
@@ -390,33 +415,47 @@ def make_eval_set(n: int = NANO_EVAL_SIZE, seed: int = NANO_EVAL_SEED):
     return make_dataset(n, seed=seed, split="eval")
 
 
-def make_sft_dataset(n: int, seed: int = NANO_TRAIN_SEED, think_ratio: float = 0.5, split: str = "train"):
+def make_sft_dataset(
+    n: int,
+    seed: int = NANO_TRAIN_SEED,
+    think_ratio: float = 0.5,
+    split: str = "train",
+    verbose_ratio: float = 0.0,
+):
     """A TRL-ready SFT set mixing both modes (thinking-mode fusion).
 
     Columns: `messages` (thinking rows carry the trace in the assistant's `reasoning_content`), `images`
-    (a one-image list), `think` (bool), `answer`. Exactly `round(n * think_ratio)` rows are thinking rows,
-    at positions chosen by `seed`.
+    (a one-image list), `think` (bool), `trace_style` (`"concise"`, `"verbose"`, or None on non-thinking rows),
+    `answer`. Exactly `round(n * think_ratio)` rows are thinking rows, at positions chosen by `seed`, and
+    `round(n_think * verbose_ratio)` of those carry the verbose trace (`thinking_trace(..., style="verbose")`):
+    the over-thinking that distilled long-CoT data is full of, for GRPO's Group Overlong to curb.
     """
     from datasets import Dataset
 
-    if not 0.0 <= think_ratio <= 1.0:
-        raise ValueError(f"think_ratio must be in [0, 1], got {think_ratio}")
+    for name, ratio in (("think_ratio", think_ratio), ("verbose_ratio", verbose_ratio)):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {ratio}")
     n_think = round(n * think_ratio)
     think = np.zeros(n, dtype=bool)
     think[np.random.default_rng([seed, n, 1]).permutation(n)[:n_think]] = True
+    verbose = np.zeros(n, dtype=bool)
+    thinking_rows = np.flatnonzero(think)
+    verbose[np.random.default_rng([seed, n, 2]).permutation(thinking_rows)[: round(n_think * verbose_ratio)]] = True
     rows = []
     for i in range(n):
         s = draw_sample(seed, i, split)
         answer = s.answer
+        style = ("verbose" if verbose[i] else "concise") if think[i] else None
         rows.append(
             {
-                "messages": messages_for(s.question, answer, s.thinking if think[i] else None),
+                "messages": messages_for(s.question, answer, s.trace(style) if style else None),
                 "images": [_png(s.render())],
                 "think": bool(think[i]),
+                "trace_style": style,
                 "answer": answer,
             }
         )
-    return Dataset.from_list(rows, features=_features("messages", "images", "think", "answer"))
+    return Dataset.from_list(rows, features=_features("messages", "images", "think", "trace_style", "answer"))
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -447,7 +486,7 @@ def tokenizer_corpus(n: int = 2000, seed: int = NANO_TRAIN_SEED) -> Iterator[str
                 yield question_text("count_any", (a, b))
     for i in range(n):
         s = draw_sample(seed, i, "train")
-        yield s.thinking
+        yield from (s.trace(style) for style in TRACE_STYLES)
         yield s.answer
 
 

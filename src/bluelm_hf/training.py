@@ -73,6 +73,39 @@ def vision_layerwise_optimizer(model, training_args, decay: float) -> torch.opti
     )
 
 
+def sequence_lengths(dataset, processor, messages_column: str = "messages", images_column: str = "images") -> list[int]:
+    """Token count of each row as the processor will build it: the chat-templated text with every image placeholder
+    expanded to `<im_start>` + tokens_per_tile x tiles `<image>` + `<im_end>`.
+
+    For `train_sampling_strategy="group_by_length"` (transformers' `LengthGroupedSampler` reads them from the
+    `length` column): batches of similar length pad less, which TRL's padding-free mode would otherwise do but
+    does not support for vision datasets. Image sizes come from the encoded images' headers, not decoded pixels.
+    """
+    import io
+
+    from datasets import Image as ImageFeature
+    from datasets import List as ListFeature
+    from PIL import Image
+
+    image_processor, tokenizer = processor.image_processor, processor.tokenizer
+    per_tile = image_processor.get_tokens_per_tile()
+    placeholder = processor.image_token
+    raw = dataset
+    if images_column in dataset.column_names:
+        raw = dataset.cast_column(images_column, ListFeature(ImageFeature(decode=False)))
+    lengths = []
+    for row in raw:
+        text = processor.apply_chat_template(row[messages_column], tokenize=False)
+        length = len(tokenizer(text, add_special_tokens=False)["input_ids"]) - text.count(placeholder)
+        for image in row.get(images_column) or []:
+            source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+            with Image.open(source) as opened:  # reads the header only
+                width, height = opened.size
+            length += 2 + per_tile * image_processor.get_num_tiles(height, width)
+        lengths.append(length)
+    return lengths
+
+
 def report_process_group() -> None:
     """Print this process's rank and the process group it is in (every rank prints; used to prove DDP/gloo runs)."""
     import torch.distributed as dist
@@ -89,4 +122,11 @@ def report_process_group() -> None:
     print(f"[bluelm-hf] rank {state.process_index}/{state.num_processes}: {group}", flush=True)
 
 
-__all__ = ["TRAIN_STAGES", "report_process_group", "apply_train_stage", "vision_layerwise_optimizer", "vision_layerwise_param_groups"]
+__all__ = [
+    "TRAIN_STAGES",
+    "apply_train_stage",
+    "report_process_group",
+    "sequence_lengths",
+    "vision_layerwise_optimizer",
+    "vision_layerwise_param_groups",
+]
