@@ -386,7 +386,7 @@ def test_executorch_missing_is_a_clear_error(model_dir, tmp_path, monkeypatch):
             raise ModuleNotFoundError("No module named 'executorch'")
 
     monkeypatch.setattr(transformers.exporters, "ExecutorchExporter", Missing, raising=False)
-    with pytest.raises(ImportError, match=r"needs the `executorch` package .* pip install executorch"):
+    with pytest.raises(ImportError, match=r"needs the `executorch` package .*pip install executorch"):
         export_model(model_dir, tmp_path / "et", format="executorch")
     assert not (tmp_path / "et" / "decoder.pte").exists()
 

@@ -204,6 +204,17 @@ GROUP = st.lists(st.tuples(st.integers(1, 4000), st.booleans()), min_size=1, max
 GROUPS = st.lists(GROUP, min_size=1, max_size=4)
 
 
+def test_group_overlong_tolerance_is_a_free_margin():
+    # shortest correct 100: with tolerance 0.25 up to 125 is free, and 150 pays for its 25 tokens beyond the margin
+    batch = group_batch([[(100, True), (120, True), (125, True), (150, True), (200, True), (30, False)]])
+    rewards = group_overlong_reward(**batch, tolerance=0.25)
+    assert rewards == pytest.approx([0.0, 0.0, 0.0, -0.5 * 25 / 150, -0.5 * 75 / 200, 0.0])
+    assert group_overlong_reward(**batch)[1] == pytest.approx(-0.5 * 20 / 120)  # tolerance 0 charges every token
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tolerance"):
+            get_reward_func("group_overlong", tolerance=bad)
+
+
 def test_group_overlong_example():
     # correct lengths 100, 150, 400; the shortest correct sets the bar, wrong ones are length-neutral
     batch = group_batch([[(100, True), (150, True), (400, True), (20, False), (900, False)]])
@@ -213,9 +224,9 @@ def test_group_overlong_example():
 
 
 @settings(max_examples=150, deadline=None)
-@given(GROUPS)
-def test_group_overlong_properties(groups):
-    rewards = group_overlong_reward(**group_batch(groups))
+@given(GROUPS, st.sampled_from([0.0, 0.1, 0.25, 1.0]))
+def test_group_overlong_properties(groups, tolerance):
+    rewards = group_overlong_reward(**group_batch(groups), tolerance=tolerance)
     start = 0
     for group in groups:
         group_rewards = rewards[start : start + len(group)]
@@ -252,10 +263,12 @@ def test_group_overlong_equal_lengths_give_zero(length, correct):
 
 
 @settings(max_examples=100, deadline=None)
-@given(GROUPS, st.integers(2, 50))
-def test_group_overlong_is_scale_invariant(groups, k):
+@given(GROUPS, st.integers(2, 50), st.sampled_from([0.0, 0.25]))
+def test_group_overlong_is_scale_invariant(groups, k, tolerance):
     scaled = [[(length * k, ok) for length, ok in group] for group in groups]
-    assert group_overlong_reward(**group_batch(scaled)) == group_overlong_reward(**group_batch(groups))
+    assert group_overlong_reward(**group_batch(scaled), tolerance=tolerance) == pytest.approx(
+        group_overlong_reward(**group_batch(groups), tolerance=tolerance)
+    )
 
 
 @settings(max_examples=100, deadline=None)

@@ -330,6 +330,7 @@ def group_overlong_reward(
     answer: Sequence[Any],
     completion_ids: Sequence[Any] | None = None,
     length_penalty: float = 0.5,
+    tolerance: float = 0.0,
     max_length: int | None = None,
     cache_length: int = 0,
     score_fn: ScoreFn | None = None,
@@ -341,14 +342,22 @@ def group_overlong_reward(
     For completion i of group g (all completions of the same prompt in the batch), with length L_i and
     C_g = lengths of g's correct completions:
 
-        r_i = -length_penalty * (L_i - min(C_g)) / L_i     if i is correct
-        r_i = 0                                            if i is incorrect
+        r_i = -length_penalty * max(0, L_i - (1 + tolerance) * min(C_g)) / L_i     if i is correct
+        r_i = 0                                                                    if i is incorrect
 
     plus, if `max_length` is set, DAPO's `soft_overlong_punishment(L_i, max_length, cache_length)` on every
     completion (off by default).
 
     Bounds: r_i in [-length_penalty, 0] (the cap adds [-1, 0]); the shortest correct completion, every completion
     of a group whose correct ones are equally long, and every incorrect one get 0.
+
+    `tolerance` (>= 0) is a free margin: correct completions up to (1 + tolerance) x the shortest correct one are
+    not penalised, and beyond it only the excess over the margin counts. Over-thinking is a matter of large
+    factors (a trace twice as long as needed); a completion 5% shorter than its neighbours is more often one that
+    skipped a step and was lucky. With tolerance 0, rollouts of one reasoning style that differ by a token or two
+    still get a length signal, and after GRPO's per-group normalisation (`scale_rewards="group"`) even that small
+    difference becomes a full-size advantage that teaches skipping. 0.25 ignores such jitter and still charges a
+    2x trace 37.5% of `length_penalty`.
 
     Why this shape. It keeps what Kimi k1.5's length penalty (arXiv 2501.12599) gets right and changes
     two things:
@@ -380,6 +389,8 @@ def group_overlong_reward(
     """
     if not (math.isfinite(length_penalty) and length_penalty >= 0):
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be >= 0 (a share of the shortest correct length), got {tolerance}")
     cap_ok = isinstance(max_length, int) and max_length > 0 and isinstance(cache_length, int)
     if max_length is not None and not (cap_ok and 0 <= cache_length <= max_length):
         raise ValueError(
@@ -396,7 +407,7 @@ def group_overlong_reward(
             shortest_correct[key] = min(length, shortest_correct.get(key, length))
     rewards = []
     for key, length, ok in zip(keys, lengths, correct):
-        excess = length - shortest_correct[key] if ok else 0
+        excess = length - (1 + tolerance) * shortest_correct[key] if ok else 0
         reward = -length_penalty * excess / length if excess > 0 else 0.0
         if max_length is not None:
             reward += soft_overlong_punishment(length, max_length, cache_length)
