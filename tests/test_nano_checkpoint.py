@@ -81,3 +81,9 @@ def test_bundled_example_runs_through_chat(nano):
     with torch.no_grad():
         out = generate(model, processor, ["How many cells?"], [image], thinking=True, max_new_tokens=64)[0]
     assert out["reasoning_content"] and out["content"].strip().isdigit(), out
+
+
+@pytest.mark.parametrize("missing", ["runs/no-such-run/checkpoint-150", "./no-such-model", "/no/such/model"])
+def test_a_mistyped_local_path_is_a_clear_error_not_a_hub_lookup(missing):
+    with pytest.raises(FileNotFoundError, match=rf"Model directory {missing} does not exist"):
+        load(missing)

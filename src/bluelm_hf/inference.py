@@ -19,6 +19,9 @@ def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None
     from . import NANO
 
     path = Path(model) if model is not None and Path(model).exists() else model
+    if isinstance(path, str) and (path.count("/") > 1 or path.startswith((".", "/", "~")) or "\\" in path):
+        # Not on disk, and no Hub id looks like this (`name` or `namespace/name`): a mistyped local path.
+        raise FileNotFoundError(f"Model directory {path} does not exist (and it is not a Hub id `namespace/name`)")
     if path is None:
         if not (NANO / "config.json").exists():
             raise FileNotFoundError(
