@@ -278,6 +278,20 @@ def test_int8_kv_cache_export(model_dir, tmp_path, torch_model):
         runner.generate(np.ones((2, 4), np.int64), max_new_tokens=1)
 
 
+@pytest.mark.slow
+def test_eval_runs_a_batch_1_export_at_batch_1(model_dir, tmp_path, capsys):
+    """`bluelm-hf eval` picks the batch size the decoder was traced for instead of failing on its default 32."""
+    import json
+
+    from bluelm_hf.cli import main
+
+    export_model(model_dir, tmp_path / "kv8", quant="none", kv_cache="int8", verify_tokens=2)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "kv8"), "--n", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+
+
 def test_verification_fails_loudly_on_a_wrong_export(fp32_export, torch_model, tmp_path):
     """A broken export (another model's weights) raises with the report attached."""
     out, _ = fp32_export

@@ -72,8 +72,10 @@ def cmd_eval(args) -> int:
     from .inference import load
 
     model, processor = load(args.model)
+    # An export whose decoder was traced for one batch size (the INT8 KV-cache decoder: 1) runs at that size.
+    batch_size = args.batch_size or getattr(model, "static_batch", None) or 32
     result = evaluate_nano(
-        model, processor, n=args.n, thinking=args.think, thinking_budget=args.budget, batch_size=args.batch_size
+        model, processor, n=args.n, thinking=args.think, thinking_budget=args.budget, batch_size=batch_size
     )
     result["model"] = str(args.model or "bluelm-nano (bundled)")
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
@@ -107,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="accuracy on the nano task's held-out split")
     evaluate.add_argument("--n", type=int, default=500, help="held-out questions (default 500)")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument(
+        "--batch-size", type=int, default=None, help="default 32, or the batch size an export's decoder was traced for"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
     _add_generation_args(evaluate)
     evaluate.set_defaults(func=cmd_eval)
