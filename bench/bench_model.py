@@ -13,7 +13,8 @@
      isolates the per-step overhead each wrapper adds (parity is the expected result);
    - `image`: one 640x480 photo (the most common size in shared/data/image_sizes.csv), each model through its own
      processor at the same 384-px tile and the same 4x4 grid set. BlueLM's 2x2 merge gives 196 tokens per tile,
-     LLaVA-NeXT 729 (plus a newline token per row), so LLaVA-NeXT decodes against a KV cache ~3.6x longer.
+     LLaVA-NeXT 729 (plus a newline token per row, minus what it unpads), so LLaVA-NeXT decodes against a longer
+     KV cache (2.9x on this image: 2975 against 1028 prompt tokens).
    Decode tokens/s = new tokens / (time(1 + N new tokens) - time(1 new token)), so prefill is not counted;
    prefill (the 1-token run) is reported on its own.
 """

@@ -83,7 +83,20 @@ def test_bundled_example_runs_through_chat(nano):
     assert out["reasoning_content"] and out["content"].strip().isdigit(), out
 
 
-@pytest.mark.parametrize("missing", ["runs/no-such-run/checkpoint-150", "./no-such-model", "/no/such/model"])
-def test_a_mistyped_local_path_is_a_clear_error_not_a_hub_lookup(missing):
+@pytest.mark.parametrize(
+    "missing", ["runs/no-such-run/checkpoint-150", "runs/no-such-run", "./no-such-model", "/no/such/model"]
+)
+def test_a_mistyped_local_path_is_a_clear_error_not_a_hub_lookup(missing, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # "runs/no-such-run" has the shape of a Hub id, but runs/ is a local directory
     with pytest.raises(FileNotFoundError, match=rf"Model directory {missing} does not exist"):
         load(missing)
+
+
+def test_a_home_relative_path_that_exists_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "nano").symlink_to(bluelm_hf.NANO, target_is_directory=True)
+    model, processor = load("~/models/nano")
+    assert type(model).__name__ == "BlueLMVForConditionalGeneration"

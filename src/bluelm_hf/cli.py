@@ -72,10 +72,8 @@ def cmd_eval(args) -> int:
     from .inference import load
 
     model, processor = load(args.model)
-    # An export whose decoder was traced for one batch size (the INT8 KV-cache decoder: 1) runs at that size.
-    batch_size = args.batch_size or getattr(model, "static_batch", None) or 32
     result = evaluate_nano(
-        model, processor, n=args.n, thinking=args.think, thinking_budget=args.budget, batch_size=batch_size
+        model, processor, n=args.n, thinking=args.think, thinking_budget=args.budget, batch_size=args.batch_size
     )
     result["model"] = str(args.model or "bluelm-nano (bundled)")
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))

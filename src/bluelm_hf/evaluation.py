@@ -11,7 +11,7 @@ def evaluate_nano(
     *,
     thinking: bool = True,
     thinking_budget: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     max_new_tokens: int = 64,
     seed: int = nano_task.NANO_EVAL_SEED,
     dataset=None,
@@ -22,11 +22,14 @@ def evaluate_nano(
     Returns a dict: `accuracy`, `n`, `mean_thinking_tokens`, `well_formed` (share of rows whose completion has
     exactly the shape the mode asks for: `<think>...</think>answer` in thinking mode, no think tag otherwise),
     `rows_with_think_tag`, `verbose_traces` (share of rows whose reasoning is in the verbose style,
-    `cell 1 red yes 1 ...`, see `nano_task.thinking_trace`), and the `thinking`/`thinking_budget` settings. With `return_outputs`, also `outputs`: the
-    parsed completion of every row (`inference.generate`'s dicts), in dataset order.
+    `cell 1 red 1 cell 2 blue ...`, see `nano_task.thinking_trace`), and the `thinking`/`thinking_budget` settings.
+    With `return_outputs`, also `outputs`: the parsed completion of every row (`inference.generate`'s dicts), in
+    dataset order.
 
-    `model` may be a PyTorch BlueLM or an `OrtBlueLM` (an ONNX export, see `inference.load`).
+    `model` may be a PyTorch BlueLM or an `OrtBlueLM` (an ONNX or ExecuTorch export, see `inference.load`).
+    `batch_size` defaults to 32, or to the batch size an export's decoder was traced for (int8 KV, ExecuTorch: 1).
     """
+    batch_size = batch_size or getattr(model, "static_batch", None) or 32
     dataset = dataset if dataset is not None else nano_task.make_eval_set(n, seed=seed)
     n = len(dataset)
     correct = well_formed = with_think = thinking_tokens = verbose = 0

@@ -9,9 +9,10 @@ image + prompt and raises `ExportVerificationError` when it is off. `bluelm_hf.o
 
 Quantization (`quant`):
     none   float32 everywhere.
-    int8   8-bit weights everywhere, activations float: block-wise weight-only 8-bit `MatMulNBits` (block 32) for
-           every MatMul, ONNX Runtime dynamic quantization for the patch-embedding Conv (`ConvInteger`, int8
-           weights per channel) and an int8 `Gather` for the embedding table.
+    int8   8-bit weights everywhere: block-wise 8-bit `MatMulNBits` (block 32) for every MatMul (with
+           `int4_accuracy_level=4`, ONNX Runtime quantizes each MatMul's input to int8 per block on the fly), ONNX
+           Runtime dynamic quantization for the patch-embedding Conv (`ConvInteger`: int8 weights per channel, its
+           input quantized to uint8 per tensor at run time) and an int8 `Gather` for the embedding table.
     int4   the LLM (decoder + embedding table) as 4-bit block-wise weights (`MatMulNBits` /
            `GatherBlockQuantized`, block 32, symmetric); vision encoder float32.
     mixed  the paper's recipe: vision encoder + projector int8 (as `int8`), LLM int4 (as `int4`).

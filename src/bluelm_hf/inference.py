@@ -8,6 +8,14 @@ from PIL import Image
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
+def _looks_local(name: str) -> bool:
+    """A name that is not on disk and that no Hub id looks like (`name` or `namespace/name`), or whose first
+    component is a local directory (`runs/mistyped-run`): a mistyped local path, not a Hub lookup."""
+    if name.count("/") > 1 or name.startswith((".", "/", "~")) or "\\" in name:
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
+
+
 def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None):
     """Load `(model, processor)` from a path or Hub id; default: the bundled BlueLM-nano, offline.
 
@@ -18,9 +26,11 @@ def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None
 
     from . import NANO
 
-    path = Path(model) if model is not None and Path(model).exists() else model
-    if isinstance(path, str) and (path.count("/") > 1 or path.startswith((".", "/", "~")) or "\\" in path):
-        # Not on disk, and no Hub id looks like this (`name` or `namespace/name`): a mistyped local path.
+    if model is not None and Path(model).expanduser().exists():
+        path = Path(model).expanduser()
+    else:
+        path = str(model) if model is not None else None
+    if isinstance(path, str) and _looks_local(path):
         raise FileNotFoundError(f"Model directory {path} does not exist (and it is not a Hub id `namespace/name`)")
     if path is None:
         if not (NANO / "config.json").exists():

@@ -343,7 +343,9 @@ def _parse_budgets(text: str) -> list[int | None]:
     return budgets
 
 
-def run_evaluations(model_dir: str | Path, budgets: list[int | None], n: int, batch_size: int = 32) -> list[dict]:
+def run_evaluations(
+    model_dir: str | Path, budgets: list[int | None], n: int, batch_size: int | None = None
+) -> list[dict]:
     """`bluelm-hf eval --json` results for non-thinking mode and each thinking budget, the model loaded once."""
     from . import NANO
     from .evaluation import evaluate_nano

@@ -1,6 +1,6 @@
 """The nano task: counting coloured cells in a strip, the synthetic task BlueLM-nano learns from scratch.
 
-BlueLM-nano has to show, in miniature and after ~20 minutes of CPU training, what BlueLM-2.5-3B shows:
+BlueLM-nano has to show, in miniature and after ~20-30 minutes of CPU training, what BlueLM-2.5-3B shows:
 thinking mode beats non-thinking mode, and accuracy grows with the thinking budget. The task is built for
 exactly that:
 
@@ -25,9 +25,10 @@ exactly that:
 
   Those are the *concise* traces. Each also has a *verbose* form (:func:`thinking_trace` with
   ``style="verbose"``) that numbers every cell, ``cell 1 red 1 cell 2 blue cell 3 red 2 cell 4 green so 2``:
-  the same reasoning at about twice the tokens. The SFT mix
-  (``make_sft_dataset(verbose_ratio=...)``) gives the nano model both, mostly verbose, so that it over-thinks
-  the way models distilled from long chains of thought do, and GRPO's Group Overlong has something real to cut.
+  the same reasoning at about twice the tokens. The shipped nano
+  is trained on concise traces only; ``make_sft_dataset(verbose_ratio=0.7)`` (the Group Overlong ablation's SFT
+  start) gives it both, mostly verbose, so that it over-thinks the way models distilled from long chains of thought
+  do, and GRPO's Group Overlong has something real to cut.
 
   The trace names every cell in reading order (left to right, or top to bottom) and keeps a running tally:
   for counting questions a cell that matches gets the running count; for ``most`` every cell gets its

@@ -356,8 +356,8 @@ class OrtBlueLM:
         batch_size, prompt_length = input_ids.shape
         if self.static_batch is not None and batch_size != self.static_batch:
             raise ValueError(
-                f"This export's decoder was traced for batch size {self.static_batch} (the INT8 KV-cache decoder "
-                f"is batch-1 only), got a batch of {batch_size}; run the prompts one by one"
+                f"This export's decoder was traced for batch size {self.static_batch} (int8 KV-cache and ExecuTorch "
+                f"exports are batch-1 only), got a batch of {batch_size}; run the prompts one by one"
             )
         attention_mask = (
             np.ones_like(input_ids) if attention_mask is None else _to_numpy(attention_mask, np.int64).copy()
