@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
 from bluelm_hf import nano_task
-from bluelm_hf.training import apply_train_stage, report_process_group
+from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group
 
 
 @dataclass
@@ -44,7 +44,7 @@ def grpo_dataset(n: int, seed: int, thinking: bool):
 
 
 def main(script_args, training_args, model_args):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
     from trl import GRPOTrainer, get_peft_config
 
     report_process_group()
@@ -53,7 +53,7 @@ def main(script_args, training_args, model_args):
 
     if model_args.model_name_or_path is None:
         raise ValueError("GRPO starts from an SFT'd BlueLM: pass --model_name_or_path (e.g. the bundled nano)")
-    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, dtype=model_args.dtype)
+    model = load_pretrained_for_training(model_args)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     apply_train_stage(model, script_args.train_stage)
 

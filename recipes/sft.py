@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
 from bluelm_hf import nano_task
 from bluelm_hf.assemble import init_from_scratch
-from bluelm_hf.training import apply_train_stage, report_process_group
+from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group
 
 
 @dataclass
@@ -43,7 +43,7 @@ class BlueLMSFTArguments:
 
 
 def main(script_args, training_args, model_args):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
     from trl import SFTTrainer, get_peft_config
 
     report_process_group()
@@ -56,7 +56,7 @@ def main(script_args, training_args, model_args):
         )
         model, processor = init_from_scratch(tokenizer, seed=training_args.seed)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, dtype=model_args.dtype)
+        model = load_pretrained_for_training(model_args)
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     apply_train_stage(model, script_args.train_stage)
 

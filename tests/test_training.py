@@ -146,3 +146,61 @@ def test_resume_gives_the_same_loss_curve(tmp_path, tiny_processor, tiny_tokeniz
     assert set(resumed) >= {3, 4}
     for step in (3, 4):
         assert resumed[step] == pytest.approx(full[step], rel=1e-4), (step, resumed, full)
+
+
+def test_quantized_loading_without_peft_is_refused():
+    from trl import ModelConfig
+
+    from bluelm_hf.training import load_pretrained_for_training
+
+    with pytest.raises(ValueError, match="add --use_peft"):
+        load_pretrained_for_training(ModelConfig(model_name_or_path="unused", load_in_4bit=True))
+
+
+@pytest.mark.slow
+def test_qlora_sft_recipe_trains_adapters_on_a_4bit_llm(tmp_path):
+    """`recipes/sft.py --load_in_4bit --use_peft` on the bundled nano (bitsandbytes' CPU backend): the LLM's
+    Linears are 4-bit, the ViT / projector / lm_head are not, and the LoRA adapters move off their zero init."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    import bluelm_hf
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "qlora"
+    cmd = [
+        sys.executable, str(root / "recipes/sft.py"), "--config", str(root / "recipes/nano_sft.yaml"),
+        "--model_name_or_path", str(bluelm_hf.NANO), "--load_in_4bit", "--use_peft", "--train_stage", "lora",
+        "--lora_r", "4", "--lora_target_modules", r".*language_model.*\.(q_proj|v_proj|down_proj)",
+        "--output_dir", str(out), "--max_steps", "3", "--dataset_size", "24", "--per_device_train_batch_size", "4",
+        "--eval_size", "0", "--save_strategy", "no", "--logging_steps", "1", "--warmup_steps", "0",
+        "--learning_rate", "1e-2",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "[bluelm-hf] 4-bit: 28 Linear layers, outside the LLM: none" in result.stdout, result.stdout[-2000:]
+    adapters = load_file(out / "adapter_model.safetensors")
+    lora_b = {name: t for name, t in adapters.items() if "lora_B" in name}
+    assert lora_b and all("language_model" in name for name in lora_b)
+    assert any(t.abs().max() > 0 for t in lora_b.values()), "LoRA B stayed at its zero init: nothing trained"
+
+    from peft import LoraConfig, get_peft_model
+
+    from bluelm_hf.training import load_pretrained_for_training
+    from trl import ModelConfig
+
+    model = load_pretrained_for_training(
+        ModelConfig(model_name_or_path=str(bluelm_hf.NANO), load_in_4bit=True, use_peft=True)
+    )
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    four_bit = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
+    assert four_bit and all(".language_model." in name for name in four_bit)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.base_model.model.model.vision_tower.modules())
+    trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable_names and all("lora_" in name for name in trainable_names)

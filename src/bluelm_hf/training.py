@@ -15,6 +15,44 @@ TRAIN_STAGES = ("full", "adapter", "lora")
 _LAYER_RE = re.compile(r"vision_tower\..*?layers\.(\d+)\.")
 
 
+def load_pretrained_for_training(model_args):
+    """`AutoModelForImageTextToText.from_pretrained` for the recipes, from TRL's `ModelConfig`.
+
+    QLoRA: `--load_in_4bit` (or `--load_in_8bit`) with `--use_peft` quantizes the LLM only, through
+    `bluelm_hf.export.bnb_config` (vision tower, projector and lm_head skipped; TRL's own `BitsAndBytesConfig`
+    has no such skip list), then PEFT's `prepare_model_for_kbit_training` freezes the base weights and keeps the
+    float modules in float32. The adapters are added by the trainer from `--use_peft`.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    kwargs = {"dtype": model_args.dtype}
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    if quantized:
+        if not model_args.use_peft:
+            raise ValueError(
+                "--load_in_4bit / --load_in_8bit freeze a quantized LLM, so only adapters can train (QLoRA): "
+                "add --use_peft and --lora_target_modules (see recipes/README.md)"
+            )
+        from .export import bnb_config
+
+        kwargs["quantization_config"] = bnb_config(
+            load_in_4bit=model_args.load_in_4bit,
+            load_in_8bit=model_args.load_in_8bit,
+            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        )
+    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        bits = 4 if model_args.load_in_4bit else 8
+        names = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
+        outside = sorted({n.split(".")[1] for n in names if not n.startswith("model.language_model.")})
+        print(f"[bluelm-hf] {bits}-bit: {len(names)} Linear layers, outside the LLM: {outside or 'none'}", flush=True)
+    return model
+
+
 def apply_train_stage(model, stage: str) -> None:
     """Set `requires_grad` for a training stage (see module docstring)."""
     if stage not in TRAIN_STAGES:
