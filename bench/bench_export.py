@@ -19,6 +19,7 @@ When `executorch` is installed, the ExecuTorch (XNNPACK, fp32) export runs too, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -224,8 +225,6 @@ def main(argv=None) -> int:
         return 0
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bluelm_bench_"))
-    import importlib.util
-
     default = ["pytorch", "fp32", "int8", "mixed", "mixed-lean"] + (["mixed-kv8"] if args.int8_kv else [])
     if importlib.util.find_spec("executorch") is not None:
         default.append("executorch")

@@ -67,9 +67,8 @@ def main(argv=None) -> int:
         for name, path in dirs.items():
             export, export_processor = load(path)
             start = time.perf_counter()
-            batch_size = getattr(export, "static_batch", None) or args.batch_size  # int8 KV / ExecuTorch: 1
             got = evaluate_nano(export, export_processor, dataset=dataset, thinking=thinking,
-                                batch_size=batch_size, return_outputs=True)  # fmt: skip
+                                batch_size=args.batch_size, return_outputs=True)  # fmt: skip
             same = sum(g["text"] == r["text"] for g, r in zip(got["outputs"], ref["outputs"])) / len(dataset)
             size = json.loads((path / "bluelm_export.json").read_text())["total_size_bytes"] / 2**20
             rows.append(dict(variant=name, thinking=thinking, accuracy=got["accuracy"], identical=same,

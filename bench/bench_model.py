@@ -135,10 +135,9 @@ def _image_inputs(tile: int, width: int, height: int) -> dict:
         "bluelm_hf": dict(ours(text=[text], images=[image], return_tensors="pt")),
         "llava_next": dict(llava(text=[text], images=[image], return_tensors="pt")),
     }
-    # The LLMs see the image token id of their config, whatever the tokenizer calls it.
-    for name, config_id in (("bluelm_hf", 31999), ("llava_next", 31999)):
-        ids = out[name]["input_ids"]
-        out[name]["input_ids"] = torch.where(ids == tokenizer.image_token_id, config_id, ids)
+    # Both LLM configs use image token id 31999, whatever the tokenizer calls it.
+    for inputs in out.values():
+        inputs["input_ids"] = torch.where(inputs["input_ids"] == tokenizer.image_token_id, 31999, inputs["input_ids"])
     return out
 
 

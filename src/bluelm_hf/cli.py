@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="accuracy on the nano task's held-out split")
     evaluate.add_argument("--n", type=int, default=500, help="held-out questions (default 500)")
     evaluate.add_argument(
-        "--batch-size", type=int, default=None, help="default 32, or the batch size an export's decoder was traced for"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="default 32; an export traced for one batch size (int8 KV, ExecuTorch: 1) always runs at that size",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
     _add_generation_args(evaluate)

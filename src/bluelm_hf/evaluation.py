@@ -27,9 +27,10 @@ def evaluate_nano(
     dataset order.
 
     `model` may be a PyTorch BlueLM or an `OrtBlueLM` (an ONNX or ExecuTorch export, see `inference.load`).
-    `batch_size` defaults to 32, or to the batch size an export's decoder was traced for (int8 KV, ExecuTorch: 1).
+    `batch_size` defaults to 32; an export whose decoder was traced for one batch size (int8 KV, ExecuTorch: 1)
+    always runs at that size.
     """
-    batch_size = batch_size or getattr(model, "static_batch", None) or 32
+    batch_size = getattr(model, "static_batch", None) or batch_size or 32
     dataset = dataset if dataset is not None else nano_task.make_eval_set(n, seed=seed)
     n = len(dataset)
     correct = well_formed = with_think = thinking_tokens = verbose = 0

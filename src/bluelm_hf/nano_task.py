@@ -157,7 +157,7 @@ class NanoSample:
     @property
     def thinking(self) -> str:
         """The concise trace."""
-        return thinking_trace(self.colours, self.kind, self.targets)
+        return self.trace()
 
     def trace(self, style: str = "concise") -> str:
         return thinking_trace(self.colours, self.kind, self.targets, style)

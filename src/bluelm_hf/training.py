@@ -126,7 +126,6 @@ def sequence_lengths(dataset, processor, messages_column: str = "messages", imag
     from PIL import Image
 
     image_processor, tokenizer = processor.image_processor, processor.tokenizer
-    per_tile = image_processor.get_tokens_per_tile()
     placeholder = processor.image_token
     raw = dataset
     if images_column in dataset.column_names:
@@ -139,7 +138,7 @@ def sequence_lengths(dataset, processor, messages_column: str = "messages", imag
             source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
             with Image.open(source) as opened:  # reads the header only
                 width, height = opened.size
-            length += 2 + per_tile * image_processor.get_num_tiles(height, width)
+            length += 2 + image_processor.get_number_of_image_tokens(height, width)
         lengths.append(length)
     return lengths
 
