@@ -51,8 +51,10 @@ def main(script_args, training_args, model_args):
     from bluelm_hf.training import vision_layerwise_optimizer
 
     if model_args.model_name_or_path is None:  # build BlueLM-nano from scratch
+        styles = ("concise", "verbose") if script_args.verbose_ratio > 0 else ("concise",)
         tokenizer = nano_task.train_tokenizer(
-            nano_task.tokenizer_corpus(seed=script_args.data_seed_offset), vocab_size=script_args.tokenizer_vocab_size
+            nano_task.tokenizer_corpus(seed=script_args.data_seed_offset, styles=styles),
+            vocab_size=script_args.tokenizer_vocab_size,
         )
         model, processor = init_from_scratch(tokenizer, seed=training_args.seed)
     else:
@@ -65,6 +67,7 @@ def main(script_args, training_args, model_args):
         seed=script_args.data_seed_offset,
         think_ratio=script_args.think_ratio,
         verbose_ratio=script_args.verbose_ratio,
+        num_proc=training_args.dataset_num_proc or 1,
     )
     if training_args.train_sampling_strategy == "group_by_length":
         # transformers' LengthGroupedSampler reads the lengths from a column; TRL keeps only messages + images of a

@@ -93,3 +93,56 @@ def test_template_properties(tiny_tokenizer, turns, n_images, thinking):
 def test_empty_assistant_content(tiny_tokenizer, content):
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}]
     assert render(tiny_tokenizer, messages) == "[|Human|]:hi[|AI|]:" + tiny_tokenizer.eos_token
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(SAFE_TEXT, SAFE_TEXT, st.one_of(st.none(), SAFE_TEXT), st.booleans(), st.integers(8, 200)),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_processor_assistant_mask_is_transformers_mask(tiny_processor, rows):
+    """BlueLMVProcessor hands transformers' assistant-mask walk a list instead of a tensor (speed); same mask."""
+    from unittest import mock
+
+    import torch
+    from transformers.processing_utils import ProcessorMixin
+
+    from bluelm_hf.processing_bluelm_v import BlueLMVProcessor
+    from conftest import random_image
+
+    conversations = []
+    for i, (question, answer, reasoning, with_image, side) in enumerate(rows):
+        content = [{"type": "image", "image": random_image(side, 2 * side, seed=i)}] if with_image else []
+        content.append({"type": "text", "text": question})
+        conversations.append(
+            [
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": [{"type": "text", "text": answer}], "reasoning_content": reasoning},
+            ]
+        )
+
+    def masks():
+        return tiny_processor.apply_chat_template(
+            conversations,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            return_assistant_tokens_mask=True,
+            processor_kwargs={"padding": True},
+        )
+
+    out = masks()
+    with mock.patch.object(
+        BlueLMVProcessor, "_adjust_assistant_masks_indices", ProcessorMixin._adjust_assistant_masks_indices
+    ):
+        reference = masks()
+    assert torch.equal(out["input_ids"], reference["input_ids"])
+    assert torch.equal(out["assistant_masks"], reference["assistant_masks"])
+    tokenizer = tiny_processor.tokenizer
+    for ids, mask, (_, answer, reasoning, _, _) in zip(out["input_ids"], out["assistant_masks"], rows):
+        assistant = tokenizer.decode(ids[mask.bool()], skip_special_tokens=False).replace(" ", "")
+        think = f"<think>{reasoning}</think>" if reasoning else ""
+        assert assistant == (think + answer + tokenizer.eos_token).replace(" ", "")

@@ -159,6 +159,15 @@ def test_sft_dataset_mixes_trace_styles_in_the_requested_ratio():
         nano_task.make_sft_dataset(4, verbose_ratio=-0.1)
 
 
+def test_sft_dataset_is_the_same_rendered_in_several_processes():
+    one = nano_task.make_sft_dataset(30, seed=3, verbose_ratio=0.5)
+    for num_proc in (2, 7):
+        assert nano_task.make_sft_dataset(30, seed=3, verbose_ratio=0.5, num_proc=num_proc).to_list() == one.to_list()
+    assert len(nano_task.make_sft_dataset(2, num_proc=4)) == 2
+    with pytest.raises(ValueError, match="num_proc must be >= 1, got 0"):
+        nano_task.make_sft_dataset(4, num_proc=0)
+
+
 def test_sft_dataset_mixes_modes_in_the_requested_ratio():
     dataset = nano_task.make_sft_dataset(40, seed=2, think_ratio=0.25)
     assert set(dataset.column_names) >= {"messages", "images"}
@@ -244,3 +253,26 @@ def test_tokenizer_round_trips_and_spends_one_token_per_word(nano_tokenizer, tmp
     ids = nano_tokenizer.encode(texts[0], add_special_tokens=False)
     assert reloaded.encode(texts[0], add_special_tokens=False) == ids
     assert reloaded.decode(ids) == texts[0]
+
+
+def test_tokenizer_corpus_holds_the_requested_trace_styles():
+    concise = list(nano_task.tokenizer_corpus(n=20))
+    both = list(nano_task.tokenizer_corpus(n=20, styles=("concise", "verbose")))
+    assert not any(text.startswith("cell ") for text in concise)
+    assert sum(text.startswith("cell ") for text in both) == 20
+    assert [t for t in both if not t.startswith("cell ")] == concise
+    with pytest.raises(ValueError, match="unknown trace style 'terse'"):
+        list(nano_task.tokenizer_corpus(n=2, styles=("terse",)))
+
+
+def test_the_sft_recipe_builds_the_shipped_tokenizer():
+    """recipes/nano_sft.yaml (concise traces, data seed 0, vocab 512) re-creates the shipped tokenizer exactly:
+    same BPE ids, so the same seeded init (BENCHMARKS.md: a different corpus gave a differently trained nano)."""
+    from transformers import AutoTokenizer
+
+    from bluelm_hf import NANO
+
+    shipped = AutoTokenizer.from_pretrained(NANO)
+    rebuilt = nano_task.train_tokenizer(nano_task.tokenizer_corpus(seed=0), vocab_size=512)
+    assert rebuilt.get_vocab() == shipped.get_vocab()
+    assert rebuilt.backend_tokenizer.to_str() == shipped.backend_tokenizer.to_str()

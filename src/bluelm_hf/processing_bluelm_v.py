@@ -47,6 +47,18 @@ class BlueLMVProcessor(ProcessorMixin):
         num_tokens = self.image_processor.get_num_tiles_from_grid(grid) * self.image_processor.get_tokens_per_tile()
         return self.image_start_token + self.image_token * num_tokens + self.image_end_token
 
+    def _adjust_assistant_masks_indices(self, processed_dict, generation_indices):
+        """`apply_chat_template(return_assistant_tokens_mask=True)` (TRL's `assistant_only_loss`), sped up.
+
+        transformers walks `offset_mapping` token by token in Python; given as a tensor (`return_tensors="pt"`, as
+        TRL asks) every step of that walk builds 0-d tensors, ~18 ms per batch of 16 nano rows, 6% of a nano SFT
+        step. The same walk over a list gives the same mask (tested) in well under a millisecond.
+        """
+        offsets = processed_dict.get("offset_mapping")
+        if hasattr(offsets, "tolist"):
+            processed_dict["offset_mapping"] = offsets.tolist()
+        return super()._adjust_assistant_masks_indices(processed_dict, generation_indices)
+
     def parse_response(self, response, schema=None, **kwargs):
         """Split generated text (or token ids) into `{"role", "reasoning_content", "content"}`; see `thinking.parse_response`.
 
