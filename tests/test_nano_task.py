@@ -214,7 +214,7 @@ def test_bundled_example_image_is_the_rendered_example():
 # ------------------------------------------------------------------------------------ tokenizer
 @pytest.fixture(scope="module")
 def nano_tokenizer():
-    return nano_task.train_tokenizer(nano_task.tokenizer_corpus(n=500))
+    return nano_task.train_tokenizer(nano_task.tokenizer_corpus(n=500, styles=nano_task.TRACE_STYLES))
 
 
 def test_every_special_token_is_one_id(nano_tokenizer):
