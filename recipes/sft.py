@@ -13,13 +13,23 @@ through the chat template's `{% generation %}` markers). TRL does not support pa
 batches for vision datasets, so batches are padded.
 """
 
+import os
 import time
 from dataclasses import dataclass, field
 
-import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
-from bluelm_hf import nano_task
-from bluelm_hf.assemble import init_from_scratch
-from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group
+# Bit-reproducible training on CPU. By default PyTorch, MKL and oneDNN each pick the widest vector code the CPU
+# has, and AVX-512 and AVX2 kernels round differently: the same recipe, seed and data then give a measurably
+# different model (BENCHMARKS.md: non-thinking accuracy 0.76-0.88 across boxes, same init). Pinning all three to
+# their AVX2 code paths gives the same weights, bit for bit, on every x86-64 CPU with AVX2, for a fixed number of
+# torch threads (the shipped nano: 2). Set before torch loads; export another value to override.
+CPU_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+for _name, _value in CPU_NUMERICS.items():
+    os.environ.setdefault(_name, _value)
+
+import bluelm_hf  # noqa: E402, F401  (registers the bluelm_v Auto classes)
+from bluelm_hf import nano_task  # noqa: E402
+from bluelm_hf.assemble import init_from_scratch  # noqa: E402
+from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group  # noqa: E402
 
 
 @dataclass
@@ -40,12 +50,21 @@ class BlueLMSFTArguments:
     vision_lr_decay: float = field(
         default=1.0, metadata={"help": "Layer-wise LR decay on the ViT (BlueLM-V-3B used 0.9); 1.0 = off."}
     )
+    torch_threads: int = field(
+        default=0,
+        metadata={"help": "torch intra-op threads (0: torch's default). CPU results depend on it, so a recipe that "
+                  "must re-create its checkpoint bit for bit fixes it."},
+    )
 
 
 def main(script_args, training_args, model_args):
     from transformers import AutoProcessor
     from trl import SFTTrainer, get_peft_config
 
+    if script_args.torch_threads:
+        import torch
+
+        torch.set_num_threads(script_args.torch_threads)
     report_process_group()
 
     from bluelm_hf.training import vision_layerwise_optimizer
