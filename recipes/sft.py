@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 # Bit-reproducible training on CPU. By default PyTorch, MKL and oneDNN each pick the widest vector code the CPU
 # has, and AVX-512 and AVX2 kernels round differently: the same recipe, seed and data then give a measurably
 # different model (BENCHMARKS.md: non-thinking accuracy 0.76-0.88 across boxes, same init). Pinning all three to
-# their AVX2 code paths gives the same weights, bit for bit, on every x86-64 CPU with AVX2, for a fixed number of
-# torch threads (the shipped nano: 2). Set before torch loads; export another value to override.
+# their AVX2 code paths gave the same weights, bit for bit, on an AVX-512 and an (emulated) AVX2 AMD CPU, for a fixed
+# number of torch threads (nano_sft.yaml: 2); an emulated Intel CPU still differs. Set before torch loads; export
+# another value to override.
 CPU_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 for _name, _value in CPU_NUMERICS.items():
     os.environ.setdefault(_name, _value)
