@@ -4,8 +4,9 @@
 
 Exports MODEL_DIR once to float32 ONNX (reused from --work-dir when already there), quantizes that export to int8 and
 mixed (ViT int8 + LLM int4) without tracing again, then runs every variant in its own subprocess on the same image +
-prompt: one warm-up generation, then a timed one of `--tokens` greedy tokens (EOS ignored, so every variant decodes
-the same number). Timing comes from a streamer's `put` calls, the same for ONNX Runtime and PyTorch:
+prompt: one warm-up generation, then a timed one of `--tokens` greedy tokens (EOS suppressed, as `min_new_tokens`
+does, so every variant decodes the same number and picks the same way). Timing comes from a streamer's `put` calls,
+the same for ONNX Runtime and PyTorch:
 
     prefill   prompt in -> first new token (vision encoder + embeddings + decoder over the whole prompt)
     decode    tokens/s over the remaining tokens (one decoder step each)
@@ -105,9 +106,17 @@ def worker(args) -> None:
         )
         batch = _sample(runner.processor, runner.model_info["tile_size"])
 
+        from transformers import SuppressTokensLogitsProcessor
+
+        # What PyTorch's min_new_tokens does: EOS can never be chosen (and so never ends the run). Only stopping at EOS
+        # (eos_token_id=[]) would still let EOS be picked and fed back, a different continuation from PyTorch's.
+        no_eos = SuppressTokensLogitsProcessor(runner._eos_ids(None))
+
         def run(tokens):
             clock.reset()
-            result = runner.generate(**batch, max_new_tokens=tokens, eos_token_id=[], streamer=clock)
+            result = runner.generate(
+                **batch, max_new_tokens=tokens, eos_token_id=[], logits_processor=[no_eos], streamer=clock
+            )
             return result.new_tokens[0].tolist()
 
     run(min(4, args.tokens))  # warm-up: allocator, thread pools, lazy init
