@@ -508,9 +508,8 @@ def tokenizer_corpus(
 
     `styles` should be the trace styles the SFT set holds (`recipes/sft.py`: concise, plus verbose when
     `verbose_ratio > 0`). The BPE ids, and so which embedding rows the seeded init gives each token, depend on the
-    corpus. With the verbose traces added to the concise-only recipe's corpus, a re-run of that recipe scored 0.922
-    without thinking, against 0.800 with the concise-only corpus on the same machine and 0.758 for the shipped nano
-    (BENCHMARKS.md).
+    corpus. With the verbose traces added to the concise-only recipe's corpus, a seed-0 run of that recipe scored
+    0.922 without thinking, against 0.800 with the concise-only corpus on the same machine (BENCHMARKS.md).
     """
     for style in styles:
         if style not in TRACE_STYLES:
