@@ -106,17 +106,9 @@ def worker(args) -> None:
         )
         batch = _sample(runner.processor, runner.model_info["tile_size"])
 
-        from transformers import SuppressTokensLogitsProcessor
-
-        # What PyTorch's min_new_tokens does: EOS can never be chosen (and so never ends the run). Only stopping at EOS
-        # (eos_token_id=[]) would still let EOS be picked and fed back, a different continuation from PyTorch's.
-        no_eos = SuppressTokensLogitsProcessor(runner._eos_ids(None))
-
         def run(tokens):
             clock.reset()
-            result = runner.generate(
-                **batch, max_new_tokens=tokens, eos_token_id=[], logits_processor=[no_eos], streamer=clock
-            )
+            result = runner.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, streamer=clock)
             return result.new_tokens[0].tolist()
 
     run(min(4, args.tokens))  # warm-up: allocator, thread pools, lazy init

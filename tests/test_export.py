@@ -136,6 +136,23 @@ def test_runner_matches_pytorch_generate(runner, torch_model):
     assert result.timings["prefill_s"] > 0
 
 
+def test_runner_min_new_tokens_keeps_eos_out_like_pytorch(runner, torch_model):
+    """min_new_tokens: EOS cannot be chosen before that many new tokens, in the runner as in transformers' generate;
+    an EOS-ending prompt then decodes the same continuation in both."""
+    model, processor = torch_model
+    batch = _inputs(processor)
+    with torch.no_grad():
+        first = int(model(**batch).logits[0, -1].argmax())
+    eos_ids = [first]  # the greedy first token as EOS: keeping it out changes the result
+    with torch.no_grad():
+        plain = model.generate(**batch, max_new_tokens=6, do_sample=False, eos_token_id=eos_ids)
+        expected = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=eos_ids)
+    result = runner.generate(**batch, max_new_tokens=6, min_new_tokens=6, eos_token_id=eos_ids)
+    assert plain.shape[1] == batch["input_ids"].shape[1] + 1  # stopped at once
+    assert result.sequences.tolist() == expected.tolist()
+    assert first not in result.new_tokens[0].tolist()
+
+
 def test_inference_load_and_generate_drive_an_export_like_pytorch(fp32_export, model_dir):
     """`bluelm_hf.inference.load(EXPORT)` gives an OrtBlueLM that `generate` / `evaluate_nano` / `bluelm-hf eval`
     use unchanged: same parsed completions as the PyTorch checkpoint."""

@@ -328,6 +328,7 @@ class OrtBlueLM:
         image_grids=None,
         *,
         max_new_tokens: int = 256,
+        min_new_tokens: int = 0,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -378,6 +379,10 @@ class OrtBlueLM:
             pad_token_id = eos[0] if eos else 0
 
         processors = LogitsProcessorList(list(logits_processor or []))
+        if min_new_tokens and eos:  # as transformers does: EOS cannot be chosen before min_new_tokens new tokens
+            from transformers import MinNewTokensLengthLogitsProcessor
+
+            processors.append(MinNewTokensLengthLogitsProcessor(input_ids.shape[1], min_new_tokens, eos))
         if thinking_budget is not None:
             from .thinking import ThinkingBudgetLogitsProcessor
 
