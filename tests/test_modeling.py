@@ -463,3 +463,22 @@ def test_generate_thinking_budget_from_generation_config(tiny_model, tiny_proces
     # an explicit argument wins over the generation config
     out = tiny_model.generate(input_ids=prompt, generation_config=config, thinking_budget=0)[0, prompt.shape[1] :]
     assert out[: len(message) + 1].tolist() == [*message, end]
+
+
+def test_forward_compiles_as_one_graph(tiny_model, tiny_processor):
+    """`_can_compile_fullgraph`: the forward with images traces without graph breaks, and generating with a static
+    cache and a fullgraph-compiled forward gives eager's tokens. (Dynamo's `eager` backend: the graph capture is
+    what is checked; no C++ compiler is needed.)"""
+    import torch._dynamo
+
+    assert type(tiny_model)._can_compile_fullgraph
+    batch = batch_inputs(tiny_processor, ROWS, padding_side="left")
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny_model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**batch).logits, tiny_model(**batch).logits)
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, cache_implementation="static")
+    expected = tiny_model.generate(**batch, **{**kwargs, "cache_implementation": None})
+    model = copy.copy(tiny_model)
+    model.forward = torch.compile(tiny_model.forward, fullgraph=True, backend="eager")
+    assert torch.equal(model.generate(**batch, **kwargs), expected)

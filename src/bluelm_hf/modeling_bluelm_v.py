@@ -82,7 +82,9 @@ class BlueLMVPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    # forward traces as one graph (torch.compile(fullgraph=True), tested); with `image_grids`, get_image_features'
+    # per-image split reads them on the host, which generate does once, outside the compiled decoding steps.
+    _can_compile_fullgraph = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -159,13 +161,11 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
             counts = [1] * num_tiles
 
         pixel_values = pixel_values.to(self.vision_tower.dtype)
+        # Unset flags are left out, so the vision config's output_hidden_states / output_attentions apply.
+        flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        flags = {name: value for name, value in flags.items() if value is not None}
         chunks = [
-            self.vision_tower(
-                pixel_values=chunk,
-                output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions,
-                return_dict=True,
-            )
+            self.vision_tower(pixel_values=chunk, return_dict=True, **flags)
             for chunk in pixel_values.split(self.config.vision_batch_size)
         ]
         last_hidden_state = torch.cat([chunk.last_hidden_state for chunk in chunks], dim=0)
