@@ -14,7 +14,8 @@ from CI; its repository is not):
   common `PreTrainedConfig` kwarg round-trips runs over no kwargs.
 - `tests/utils/tiny_model_summary.json`: `{}`, so PipelineTesterMixin skips its tasks ("not in tiny_model_summary",
   the Hub's tiny models); tests/test_modeling.py runs the image-text-to-text pipeline on the nano.
-- `utils/fetch_hub_objects_for_ci.py`: `url_to_local_path` maps the mixins' Hub image URLs to a local PNG.
+- `utils/fetch_hub_objects_for_ci.py`: `url_to_local_path` maps the mixins' Hub image URLs to a local PNG (a smooth
+  synthetic picture; there is no network in tests).
 `test_pipeline_mixin.py` also reads `src/transformers`: a link to the installed package.
 """
 
@@ -65,11 +66,16 @@ def _install_stand_ins() -> None:
     module("hf_tests.utils")
     module("hf_tests.utils.test_configuration_utils", config_common_kwargs={})
 
-    image_path = BATTERY / "coco_sample_stand_in.png"
+    image_path = BATTERY / "photo_stand_in.png"  # smooth, like the COCO photo it stands in for
     if not image_path.exists():
-        rng = np.random.default_rng(0)
-        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(image_path)
-    module("fetch_hub_objects_for_ci", url_to_local_path=lambda url: str(image_path) if url.endswith(".png") else url)
+        y, x = np.mgrid[0:480, 0:640] / np.array([480.0, 640.0])[:, None, None]
+        rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x + 4 * y)], axis=-1)
+        Image.fromarray((255 * rgb).astype(np.uint8)).save(image_path)
+
+    def url_to_local_path(url: str) -> str:
+        return str(image_path) if url.lower().endswith((".png", ".jpg", ".jpeg")) else url
+
+    module("fetch_hub_objects_for_ci", url_to_local_path=url_to_local_path)
 
     import transformers  # test_pipeline_mixin imports ../src/transformers: the installed one, whose sdist this is
 
@@ -89,6 +95,7 @@ _install_stand_ins()
 
 from hf_tests.generation.test_utils import GenerationTesterMixin  # noqa: E402
 from hf_tests.test_configuration_common import ConfigTester  # noqa: E402
+from hf_tests.test_image_processing_common import ImageProcessingTester, ImageProcessingTestMixin  # noqa: E402
 from hf_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor  # noqa: E402
 from hf_tests.test_pipeline_mixin import PipelineTesterMixin  # noqa: E402
 from hf_tests.test_processing_common import ProcessorTesterMixin  # noqa: E402
@@ -98,6 +105,7 @@ from bluelm_hf import (  # noqa: E402
     BlueLMVConfig,
     BlueLMVForConditionalGeneration,
     BlueLMVImageProcessor,
+    BlueLMVImageProcessorPil,
     BlueLMVModel,
     BlueLMVProcessor,
 )
@@ -236,3 +244,32 @@ class BlueLMVProcessorTest(ProcessorTesterMixin, unittest.TestCase):
                 processor = self.processor_class.from_pretrained(self.tmpdirname, image_processor=image_processor)
                 self._check_num_image_tokens_match_processor_call(processor)
                 self._check_num_image_tokens_match_processor_call(processor, images_kwargs={"max_grid_size": 1})
+
+
+class BlueLMVImageProcessingTester(ImageProcessingTester):
+    """A 1x1 AnyRes grid (`max_grid_size=1`): one 28-px tile per image, the `(batch, 3, tile, tile)` output the mixin
+    expects. Multi-tile plans are tested in tests/test_image_processing.py."""
+
+    def __init__(self, parent, **kwargs):
+        kwargs.setdefault("tile_size", 28)
+        kwargs.setdefault("patch_size", 7)
+        kwargs.setdefault("max_grid_size", 1)
+        kwargs.setdefault("size", {"height": 28, "width": 28})
+        super().__init__(parent, **kwargs)
+        # in-tree, the classes come from the auto mapping under the test folder's model name
+        self.image_processing_classes = {"torchvision": BlueLMVImageProcessor, "pil": BlueLMVImageProcessorPil}
+
+    def expected_output_image_shape(self, images):
+        return self.num_channels, self.tile_size, self.tile_size
+
+    def prepare_image_inputs(self, equal_resolution=False, numpify=False, torchify=False):
+        from hf_tests.test_image_processing_common import prepare_image_inputs
+
+        return prepare_image_inputs(
+            batch_size=self.batch_size, num_channels=self.num_channels, min_resolution=self.min_resolution,
+            max_resolution=self.max_resolution, equal_resolution=equal_resolution, numpify=numpify, torchify=torchify,
+        )  # fmt: skip
+
+
+class BlueLMVImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
+    image_processor_tester_class = BlueLMVImageProcessingTester
