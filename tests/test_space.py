@@ -38,7 +38,6 @@ from bluelm_hf.configuration_bluelm_v import (  # noqa: E402
     THINK_MODE_TOKEN,
     THINK_START_TOKEN,
 )
-from bluelm_hf.image_processing_bluelm_v import AnyResPlan, plan_anyres  # noqa: E402
 from bluelm_hf.inference import load  # noqa: E402
 
 pytestmark = [
@@ -190,10 +189,9 @@ def _png(path: Path, image: Image.Image) -> Path:
 
 # ---------------------------------------------------------------------------------------------- pure helpers
 def test_grid_lines_lie_on_the_tile_boundaries(app):
-    plan = AnyResPlan(num_rows=2, num_cols=3, resized_height=180, resized_width=336, thumbnail_height=60,
-                      thumbnail_width=112)
-    image = Image.new("RGB", (500, 268), (120, 120, 120))
-    grid = app.draw_anyres_grid(image, plan, tile_size=112, line_width=2)
+    canvas = Image.new("RGB", (3 * 112, 2 * 112), (0, 0, 0))
+    canvas.paste(Image.new("RGB", (336, 180), (120, 120, 120)), (0, (224 - 180) // 2))
+    grid = app.draw_anyres_grid(canvas, (336, 180), tile_size=112, line_width=2)
     assert grid.size == (3 * 112, 2 * 112)
     pixels = np.asarray(grid)
     magenta = np.array(app.GRID_COLOUR)
@@ -210,28 +208,34 @@ def test_grid_lines_lie_on_the_tile_boundaries(app):
     assert tuple(pixels[top, 200]) == app.IMAGE_EDGE_COLOUR  # the resized image's edge
 
 
-def test_canvas_matches_the_processor_tiles(app):
-    """The drawn canvas is what the processor cuts into tiles (same plan, same resize and centering)."""
+def test_view_is_the_processors_output(app):
+    """The drawn tiles and thumbnail are the processor's own pixel_values (undone to 8-bit), laid out by its
+    image_grids: the Space has no resize-and-pad of its own (issue 19)."""
     image_processor = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=4, max_image_side=448)
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, (130, 370, 3), dtype=np.uint8)).resize((370, 130))
-    plan = image_processor.get_anyres_plan(image.height, image.width)
-    canvas = np.asarray(app.anyres_canvas(image, plan, 112), dtype=np.float32)
+    image = Image.fromarray(rng.integers(0, 256, (130, 370, 3), dtype=np.uint8))
     out = image_processor(images=[image], return_tensors="np")
     tiles = (out["pixel_values"] * 0.5 + 0.5) * 255  # undo SigLIP normalisation
-    assert list(out["image_grids"][0]) == [plan.num_rows, plan.num_cols]
-    for index in range(plan.num_rows * plan.num_cols):
-        row, col = divmod(index, plan.num_cols)
-        drawn = canvas[row * 112 : (row + 1) * 112, col * 112 : (col + 1) * 112].transpose(2, 0, 1)
-        assert np.abs(drawn - tiles[index]).mean() < 2.0, f"tile {index} differs from the processor's"
-    thumbnail = np.asarray(app.anyres_thumbnail(image, plan, 112), dtype=np.float32).transpose(2, 0, 1)
-    assert np.abs(thumbnail - tiles[-1]).mean() < 2.0
+    canvas, thumbnail = app.tiles_as_images(out, image_processor)
+    rows, cols = (int(v) for v in out["image_grids"][0])
+    assert canvas.size == (cols * 112, rows * 112)
+    pixels = np.asarray(canvas, dtype=np.float32)
+    for index in range(rows * cols):
+        row, col = divmod(index, cols)
+        drawn = pixels[row * 112 : (row + 1) * 112, col * 112 : (col + 1) * 112].transpose(2, 0, 1)
+        assert np.abs(drawn - tiles[index]).max() <= 0.5 + 1e-3, f"tile {index} differs from the processor's"
+    assert np.abs(np.asarray(thumbnail, dtype=np.float32).transpose(2, 0, 1) - tiles[-1]).max() <= 0.5 + 1e-3
+    # the view follows the processor's settings, not a copy of them: a 2-tile limit gives at most a 2-tile grid
+    small = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=2, max_image_side=448)
+    grid, _, summary = app.anyres_view(image, small)
+    assert f"= {small.get_number_of_image_tokens(130, 370)} image tokens" in summary
+    assert grid.size[0] <= 2 * 112
 
 
 def test_single_tile_has_no_thumbnail(app):
-    plan = plan_anyres(100, 100, tile_size=112, max_grid_size=4, max_image_side=448)
-    assert (plan.num_rows, plan.num_cols) == (1, 1)
-    assert app.anyres_thumbnail(Image.new("RGB", (100, 100)), plan, 112) is None
+    image_processor = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=4, max_image_side=448)
+    grid, thumbnail, summary = app.anyres_view(Image.new("RGB", (100, 100)), image_processor)
+    assert grid.size == (112, 112) and thumbnail is None and "no thumbnail for a single tile" in summary
 
 
 @pytest.mark.parametrize("size", [(448, 112), (100, 100), (640, 480), (300, 900)])
@@ -251,8 +255,23 @@ def test_token_count_is_the_processors(app, processor, size):
 
 
 def test_summary_mentions_the_side_limit(app):
-    plan = plan_anyres(300, 1200, tile_size=112, max_grid_size=4, max_image_side=448)
-    assert "first scaled to 448 px: 448×112" in app.anyres_summary(1200, 300, plan, 112, 16, max_image_side=448)
+    image_processor = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=4, max_image_side=448)
+    assert "longer side first scaled to 448 px" in app.anyres_view(Image.new("RGB", (1200, 300)), image_processor)[2]
+    assert "first scaled" not in app.anyres_view(Image.new("RGB", (400, 300)), image_processor)[2]
+
+
+def test_no_answer_note(app):
+    assert "used all 64 new tokens" in app.no_answer_note("red 1", steps=64, max_new_tokens=64)
+    assert app.no_answer_note("red 1", steps=8, max_new_tokens=64) == (
+        "the model ended its turn after 8 tokens of reasoning without one")
+    assert app.no_answer_note("", steps=1, max_new_tokens=64) == "the model ended its turn after 1 token without one"
+
+
+def test_upload_names_are_shortened(app):
+    long = "a-very-long-name-" * 10 + ".png"
+    shown = app.shown_name(f"/tmp/gradio/0123456789abcdef/{long}")
+    assert len(shown) == app.SHOWN_NAME_CHARACTERS and shown.endswith(".png") and "gradio" not in shown
+    assert app.shown_name("/tmp/gradio/0123/cells.png") == "cells.png"
 
 
 def test_conversation_from_history(app):
@@ -313,7 +332,7 @@ def test_api_non_thinking_has_no_reasoning(client):
     assert [m["role"] for m in history] == ["user", "assistant"] and _text(history[-1]) == PLAIN_ANSWER
 
 
-@pytest.mark.parametrize("budget", [0, 2, 5])
+@pytest.mark.parametrize("budget", [0, 1, 2, 5])
 def test_api_budget_caps_reasoning(client, budget):
     history = _ask(client, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], unlimited=False, budget=budget)[0]
     assert _text(history[-1]) == THINKING_ANSWER
@@ -322,7 +341,8 @@ def test_api_budget_caps_reasoning(client, budget):
         return
     (thought,) = _thoughts(history)
     assert _text(thought) == "".join(REASONING_TOKENS[:budget])
-    assert thought["metadata"]["log"] == f"{budget} tokens of a {budget}-token budget"
+    tokens = "1 token" if budget == 1 else f"{budget} tokens"  # not "1 tokens"
+    assert thought["metadata"]["log"] == f"{tokens} of a {budget}-token budget"
 
 
 def _example_image_tokens(processor) -> int:
@@ -353,8 +373,15 @@ def test_api_bad_inputs_are_errors_not_crashes(client, tmp_path):
             _ask(client, QUESTION, [tmp_path / name])
     # A decompression bomb: 144 M pixels in an 18 kB PNG, over PIL's 89 M-pixel limit.
     bomb = _png(tmp_path / "bomb.png", Image.new("1", (12_000, 12_000)))
-    with pytest.raises(gradio_client.exceptions.AppError, match="decompression bomb"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="'bomb.png' is too large") as error:
         _ask(client, QUESTION, [bomb])
+    assert "MAX_IMAGE_PIXELS" not in str(error.value)  # advice for Python users, not for the web page's
+    # A long name: the toast names the file, shortened, never the server's upload folder
+    long = tmp_path / ("cells-" * 30 + ".png")
+    long.write_bytes(b"not a png")
+    with pytest.raises(gradio_client.exceptions.AppError, match="not in an image format") as error:
+        _ask(client, QUESTION, [long])
+    assert "gradio" not in str(error.value) and str(tmp_path) not in str(error.value) and "cells-cells" in str(error.value)
     with pytest.raises(gradio_client.exceptions.AppError, match="Type a question"):
         _ask(client, "   ", [nano_task.EXAMPLE_IMAGE_PATH])
     # ... and the app still answers
