@@ -93,8 +93,9 @@ def _scripted_model(transitions: list[tuple[int, int]], model) -> None:
             layer.mlp.down_proj.weight.zero_()
 
 
-@pytest.fixture(scope="module")
-def scripted_model_dir(tmp_path_factory) -> Path:
+def _save_scripted_model(path: Path, reasoning_ends_turn: bool = False) -> Path:
+    """Saves the scripted BlueLM to `path`; with `reasoning_ends_turn`, thinking goes <think> red 1 ... so </s>
+    (the turn ends inside the reasoning, with no answer)."""
     tokenizer = nano_task.train_tokenizer(nano_task.tokenizer_corpus(n=50))
     text_config = dict(model_type="llama", hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
@@ -112,15 +113,20 @@ def scripted_model_dir(tmp_path_factory) -> Path:
         return ids[0]
 
     special = tokenizer.convert_tokens_to_ids
-    thinking = [special(THINK_MODE_TOKEN), special(THINK_START_TOKEN), *map(token_id, REASONING_TOKENS),
-                special(THINK_END_TOKEN), token_id(THINKING_ANSWER), tokenizer.eos_token_id]
+    ending = [] if reasoning_ends_turn else [special(THINK_END_TOKEN), token_id(THINKING_ANSWER)]
+    thinking = [special(THINK_MODE_TOKEN), special(THINK_START_TOKEN), *map(token_id, REASONING_TOKENS), *ending,
+                tokenizer.eos_token_id]
     plain = [special(AI_TOKEN), token_id(PLAIN_ANSWER), tokenizer.eos_token_id]
     assert len(set(thinking[:-1])) == len(thinking) - 1 and token_id(PLAIN_ANSWER) not in thinking
     _scripted_model([*zip(thinking, thinking[1:]), *zip(plain, plain[1:])], model)
-    path = tmp_path_factory.mktemp("scripted-bluelm")
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def scripted_model_dir(tmp_path_factory) -> Path:
+    return _save_scripted_model(tmp_path_factory.mktemp("scripted-bluelm"))
 
 
 @pytest.fixture(scope="module")
@@ -397,13 +403,69 @@ def test_api_conversation_longer_than_the_context_is_an_error(client, tmp_path, 
         _ask(client, QUESTION, [big] * copies)
 
 
+def test_api_no_answer_note_says_how_generation_ended(app, scripted_model_dir, tmp_path):
+    """The note blames max_new_tokens only when generation used them all (issue 15: it did so after an EOS)."""
+    with serve(app, app.build_demo(str(scripted_model_dir), max_new_tokens=8)) as url:  # <think> + 7 reasoning
+        history = _ask(gradio_client.Client(url, verbose=False), QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], budget=8)[0]
+    assert _text(history[-1]) == "_(no answer: the reasoning used all 8 new tokens; set a thinking budget or raise " \
+                                 "--max-new-tokens)_"
+    eos_inside = _save_scripted_model(tmp_path / "eos", reasoning_ends_turn=True)
+    with serve(app, app.build_demo(str(eos_inside), max_new_tokens=64)) as url:
+        history = _ask(gradio_client.Client(url, verbose=False), QUESTION, [nano_task.EXAMPLE_IMAGE_PATH])[0]
+    assert _text(_thoughts(history)[0]) == REASONING
+    # <think>, 7 reasoning tokens, </s>
+    assert _text(history[-1]) == "_(no answer: the model ended its turn after 9 tokens of reasoning without one)_"
+
+
+def test_api_failed_generation_restores_the_chat(app, client, monkeypatch):
+    """A turn that fails mid-generation leaves the chat as it was (the message back in the box), so later messages
+    do not carry it and fail too."""
+    def failing(*args, **kwargs):
+        yield "reasoning", "red"
+        raise RuntimeError("out of memory")
+
+    first = _ask(client, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], thinking=False)[0]
+    monkeypatch.setattr(app, "stream_chat", failing)
+    job = client.submit({"text": "And blue?", "files": []}, _resend(first), True, True, 16, api_name="/chat")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Generation failed: RuntimeError: out of memory"):
+        job.result()
+    history, message = job.outputs()[-1][:2]
+    assert [_text(m) for m in history] == [_text(m) for m in first]  # the failed turn is gone
+    assert message["text"] == "And blue?"
+    monkeypatch.undo()
+    assert _text(_ask(client, "And blue?", history=_resend(history))[0][-1]) == THINKING_ANSWER
+
+
+def test_api_control_strings_in_a_message_never_break_the_chat(client):
+    """'<image>' typed by a user: answered as text, or refused with a clear message before the chat changes; either
+    way the next turn works."""
+    try:
+        history = _ask(client, "What does <image> mean?", [nano_task.EXAMPLE_IMAGE_PATH], thinking=False)[0]
+        assert _text(history[-1]) == PLAIN_ANSWER
+    except gradio_client.exceptions.AppError as error:
+        assert "This message cannot be sent" in str(error)
+    assert _text(_ask(client, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], thinking=False)[0][-1]) == PLAIN_ANSWER
+
+
+def test_anyres_panel_is_empty_before_an_upload(app, scripted_model_dir):
+    demo = app.build_demo(str(scripted_model_dir))
+    by_id = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    assert by_id["anyres-grid"].value is None and by_id["anyres-thumbnail"].value is None
+    assert by_id["anyres-summary"].value == app.NO_IMAGE_YET
+    assert "No official BlueLM weights exist" in by_id["about"].value
+    assert "only knows its synthetic task" not in by_id["about"].value  # said of the bundled nano only
+
+
 def test_default_model_is_the_bundled_nano(app, monkeypatch):
     monkeypatch.delenv("BLUELM_MODEL", raising=False)
     if not (bluelm_hf.NANO / "config.json").exists():
         with pytest.raises(FileNotFoundError, match="BlueLM-nano is not bundled"):
             app.build_demo()
         return
-    with serve(app, app.build_demo(max_new_tokens=48)) as url:
+    demo = app.build_demo(max_new_tokens=48)
+    (about,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "about"]
+    assert "only knows its synthetic task" in about.value and "gibberish" in about.value
+    with serve(app, demo) as url:
         nano = gradio_client.Client(url, verbose=False)
         history = _ask(nano, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH])[0]
         assert _thoughts(history) and _text(history[-1]).strip()
