@@ -528,6 +528,10 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
                 tracker = page.locator("#chatbot [data-testid=status-tracker]").first
                 expect(tracker).to_have_class(re.compile(r"\bhide\b"))
 
+            # 0. before any upload the AnyRes panel shows no image
+            expect(page.locator("#anyres-summary")).to_contain_text("Upload an image to see how the model tiles it")
+            expect(page.locator("#anyres-grid img")).to_have_count(0)
+
             # 1. thinking mode: a "Thinking" bubble (open, collapsible), then the answer; the AnyRes view of the upload
             send(QUESTION, nano_task.EXAMPLE_IMAGE_PATH)
             expect_answer(0, THINKING_ANSWER)
@@ -571,6 +575,37 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
             expect(replies).to_have_count(3)  # the chat is still there, not replaced by an error state
             expect(replies.nth(2)).to_be_visible()
             shot("04-bad-image.png", full_page=False)  # the toast is fixed to the viewport's top right
+            page.locator("#prompt button[aria-label='Remove file']").click()  # the refused file stays until removed
+            expect(page.locator("#prompt img")).to_have_count(0)
+
+            # 5. a file the page itself refuses (not an image): the question is not sent about the previous image
+            notes = tmp_path / "notes.txt"
+            notes.write_text("just some text")
+            page.set_input_files("#prompt input[type=file]", str(notes))
+            expect(page.get_by_text("Invalid file type: notes.txt").first).to_be_visible()
+            box.fill("How many blue cells?")
+            box.press("Enter")
+            expect(page.get_by_text("'notes.txt' could not be attached").first).to_be_visible()
+            page.wait_for_timeout(1000)  # time for a wrongly sent question to show up
+            expect(replies).to_have_count(3)
+            expect(box).to_have_value("How many blue cells?")  # the message stays, to send again
+            shot("05-refused-upload.png", full_page=False)
+
+            # 6. user text that looks like a control token: answered or refused, and the chat keeps working
+            page.locator("#thinking input").uncheck()
+            box.fill("What does <image> mean?")
+            box.press("Enter")
+            page.wait_for_timeout(1500)
+            send("How many cells?")
+            last = page.locator('#chatbot [data-testid="bot"]').last
+            expect(last).to_have_attribute("aria-label", f"bot's message: {PLAIN_ANSWER}")
+            expect(page.locator("#chatbot .error")).to_have_count(0)
+
+            # 7. Clear empties the chat and the AnyRes panel
+            page.locator("#clear").click()
+            expect(replies).to_have_count(0)
+            expect(page.locator("#anyres-summary")).to_contain_text("Upload an image to see how the model tiles it")
+            expect(page.locator("#anyres-grid img")).to_have_count(0)
         finally:
             context.close()
 
