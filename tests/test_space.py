@@ -589,6 +589,14 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
             page.wait_for_timeout(1000)  # time for a wrongly sent question to show up
             expect(replies).to_have_count(3)
             expect(box).to_have_value("How many blue cells?")  # the message stays, to send again
+            huge = tmp_path / "huge.png"  # over the 25 MB upload limit: refused by the page before any upload
+            huge.write_bytes(bytes(26 * 2**20))
+            page.set_input_files("#prompt input[type=file]", str(huge))
+            expect(page.get_by_text("exceed the maximum allowed size").first).to_be_visible()
+            box.press("Enter")
+            expect(page.get_by_text("'huge.png' could not be attached").first).to_be_visible()
+            page.wait_for_timeout(1000)
+            expect(replies).to_have_count(3)
             shot("05-refused-upload.png", full_page=False)
 
             # 6. user text that looks like a control token: answered or refused, and the chat keeps working
