@@ -6,8 +6,9 @@ BlueLM checkpoint:
     python app.py                          # BlueLM-nano, http://127.0.0.1:7860
     python app.py --model ./my-bluelm-3b --max-new-tokens 2048
 
-The pure helpers (`anyres_*`, `conversation_from_history`, `resolve_budget`) carry the logic and are unit-tested in
-tests/test_space.py; `build_demo` only wires them to Gradio.
+The pure helpers (`tiles_as_images`, `draw_anyres_grid`, `anyres_*`, `conversation_from_history`, `resolve_budget`,
+`no_answer_note`, `shown_name`) carry the logic and are unit-tested in tests/test_space.py; `build_demo` only wires them
+to Gradio. The AnyRes view is drawn from the image processor's own output (`pixel_values`, `image_grids`) and counts.
 """
 
 import argparse
@@ -289,15 +290,15 @@ def thought_message(reasoning: str, num_tokens: int | None, budget: int | None, 
 
 
 class GenerationSteps(LogitsProcessor):
-    """Leaves the scores alone and counts the generation steps, so the app knows whether generation stopped at
-    max_new_tokens or at the end of the turn. `ids` is the last sequence it saw (all but the final token)."""
+    """Leaves the scores alone and counts the generation steps (one per new token), so the app knows whether
+    generation stopped at max_new_tokens or at the end of the turn. A logits processor, because both the PyTorch
+    model and the ONNX Runtime runner take those."""
 
     def __init__(self):
-        self.steps, self.ids = 0, []
+        self.steps = 0
 
     def __call__(self, input_ids, scores):
         self.steps += 1
-        self.ids = input_ids[0].tolist()
         return scores
 
 
