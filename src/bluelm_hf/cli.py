@@ -5,7 +5,7 @@ import sys
 
 EXIT_CODES = """exit codes:
   0    success
-  1    error: one line on stderr (--debug prints the traceback); `export` has its own codes, see `export --help`
+  1    error: one line on stderr (--debug prints the traceback); `export` sets its own codes (export_main)
   2    bad command line (usage error)
   130  interrupted (Ctrl-C)"""
 
