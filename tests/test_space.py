@@ -38,7 +38,6 @@ from bluelm_hf.configuration_bluelm_v import (  # noqa: E402
     THINK_MODE_TOKEN,
     THINK_START_TOKEN,
 )
-from bluelm_hf.image_processing_bluelm_v import AnyResPlan, plan_anyres  # noqa: E402
 from bluelm_hf.inference import load  # noqa: E402
 
 pytestmark = [
@@ -94,8 +93,9 @@ def _scripted_model(transitions: list[tuple[int, int]], model) -> None:
             layer.mlp.down_proj.weight.zero_()
 
 
-@pytest.fixture(scope="module")
-def scripted_model_dir(tmp_path_factory) -> Path:
+def _save_scripted_model(path: Path, reasoning_ends_turn: bool = False) -> Path:
+    """Saves the scripted BlueLM to `path`; with `reasoning_ends_turn`, thinking goes <think> red 1 ... so </s>
+    (the turn ends inside the reasoning, with no answer)."""
     tokenizer = nano_task.train_tokenizer(nano_task.tokenizer_corpus(n=50))
     text_config = dict(model_type="llama", hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
@@ -113,15 +113,20 @@ def scripted_model_dir(tmp_path_factory) -> Path:
         return ids[0]
 
     special = tokenizer.convert_tokens_to_ids
-    thinking = [special(THINK_MODE_TOKEN), special(THINK_START_TOKEN), *map(token_id, REASONING_TOKENS),
-                special(THINK_END_TOKEN), token_id(THINKING_ANSWER), tokenizer.eos_token_id]
+    ending = [] if reasoning_ends_turn else [special(THINK_END_TOKEN), token_id(THINKING_ANSWER)]
+    thinking = [special(THINK_MODE_TOKEN), special(THINK_START_TOKEN), *map(token_id, REASONING_TOKENS), *ending,
+                tokenizer.eos_token_id]
     plain = [special(AI_TOKEN), token_id(PLAIN_ANSWER), tokenizer.eos_token_id]
     assert len(set(thinking[:-1])) == len(thinking) - 1 and token_id(PLAIN_ANSWER) not in thinking
     _scripted_model([*zip(thinking, thinking[1:]), *zip(plain, plain[1:])], model)
-    path = tmp_path_factory.mktemp("scripted-bluelm")
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def scripted_model_dir(tmp_path_factory) -> Path:
+    return _save_scripted_model(tmp_path_factory.mktemp("scripted-bluelm"))
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +195,9 @@ def _png(path: Path, image: Image.Image) -> Path:
 
 # ---------------------------------------------------------------------------------------------- pure helpers
 def test_grid_lines_lie_on_the_tile_boundaries(app):
-    plan = AnyResPlan(num_rows=2, num_cols=3, resized_height=180, resized_width=336, thumbnail_height=60,
-                      thumbnail_width=112)
-    image = Image.new("RGB", (500, 268), (120, 120, 120))
-    grid = app.draw_anyres_grid(image, plan, tile_size=112, line_width=2)
+    canvas = Image.new("RGB", (3 * 112, 2 * 112), (0, 0, 0))
+    canvas.paste(Image.new("RGB", (336, 180), (120, 120, 120)), (0, (224 - 180) // 2))
+    grid = app.draw_anyres_grid(canvas, (336, 180), tile_size=112, line_width=2)
     assert grid.size == (3 * 112, 2 * 112)
     pixels = np.asarray(grid)
     magenta = np.array(app.GRID_COLOUR)
@@ -210,28 +214,34 @@ def test_grid_lines_lie_on_the_tile_boundaries(app):
     assert tuple(pixels[top, 200]) == app.IMAGE_EDGE_COLOUR  # the resized image's edge
 
 
-def test_canvas_matches_the_processor_tiles(app):
-    """The drawn canvas is what the processor cuts into tiles (same plan, same resize and centering)."""
+def test_view_is_the_processors_output(app):
+    """The drawn tiles and thumbnail are the processor's own pixel_values (undone to 8-bit), laid out by its
+    image_grids: the Space has no resize-and-pad of its own (issue 19)."""
     image_processor = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=4, max_image_side=448)
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, (130, 370, 3), dtype=np.uint8)).resize((370, 130))
-    plan = image_processor.get_anyres_plan(image.height, image.width)
-    canvas = np.asarray(app.anyres_canvas(image, plan, 112), dtype=np.float32)
+    image = Image.fromarray(rng.integers(0, 256, (130, 370, 3), dtype=np.uint8))
     out = image_processor(images=[image], return_tensors="np")
     tiles = (out["pixel_values"] * 0.5 + 0.5) * 255  # undo SigLIP normalisation
-    assert list(out["image_grids"][0]) == [plan.num_rows, plan.num_cols]
-    for index in range(plan.num_rows * plan.num_cols):
-        row, col = divmod(index, plan.num_cols)
-        drawn = canvas[row * 112 : (row + 1) * 112, col * 112 : (col + 1) * 112].transpose(2, 0, 1)
-        assert np.abs(drawn - tiles[index]).mean() < 2.0, f"tile {index} differs from the processor's"
-    thumbnail = np.asarray(app.anyres_thumbnail(image, plan, 112), dtype=np.float32).transpose(2, 0, 1)
-    assert np.abs(thumbnail - tiles[-1]).mean() < 2.0
+    canvas, thumbnail = app.tiles_as_images(out, image_processor)
+    rows, cols = (int(v) for v in out["image_grids"][0])
+    assert canvas.size == (cols * 112, rows * 112)
+    pixels = np.asarray(canvas, dtype=np.float32)
+    for index in range(rows * cols):
+        row, col = divmod(index, cols)
+        drawn = pixels[row * 112 : (row + 1) * 112, col * 112 : (col + 1) * 112].transpose(2, 0, 1)
+        assert np.abs(drawn - tiles[index]).max() <= 0.5 + 1e-3, f"tile {index} differs from the processor's"
+    assert np.abs(np.asarray(thumbnail, dtype=np.float32).transpose(2, 0, 1) - tiles[-1]).max() <= 0.5 + 1e-3
+    # the view follows the processor's settings, not a copy of them: a 2-tile limit gives at most a 2-tile grid
+    small = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=2, max_image_side=448)
+    grid, _, summary = app.anyres_view(image, small)
+    assert f"= {small.get_number_of_image_tokens(130, 370)} image tokens" in summary
+    assert grid.size[0] <= 2 * 112
 
 
 def test_single_tile_has_no_thumbnail(app):
-    plan = plan_anyres(100, 100, tile_size=112, max_grid_size=4, max_image_side=448)
-    assert (plan.num_rows, plan.num_cols) == (1, 1)
-    assert app.anyres_thumbnail(Image.new("RGB", (100, 100)), plan, 112) is None
+    image_processor = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=4, max_image_side=448)
+    grid, thumbnail, summary = app.anyres_view(Image.new("RGB", (100, 100)), image_processor)
+    assert grid.size == (112, 112) and thumbnail is None and "no thumbnail for a single tile" in summary
 
 
 @pytest.mark.parametrize("size", [(448, 112), (100, 100), (640, 480), (300, 900)])
@@ -251,8 +261,23 @@ def test_token_count_is_the_processors(app, processor, size):
 
 
 def test_summary_mentions_the_side_limit(app):
-    plan = plan_anyres(300, 1200, tile_size=112, max_grid_size=4, max_image_side=448)
-    assert "first scaled to 448 px: 448×112" in app.anyres_summary(1200, 300, plan, 112, 16, max_image_side=448)
+    image_processor = BlueLMVImageProcessorPil(tile_size=112, max_grid_size=4, max_image_side=448)
+    assert "longer side first scaled to 448 px" in app.anyres_view(Image.new("RGB", (1200, 300)), image_processor)[2]
+    assert "first scaled" not in app.anyres_view(Image.new("RGB", (400, 300)), image_processor)[2]
+
+
+def test_no_answer_note(app):
+    assert "used all 64 new tokens" in app.no_answer_note("red 1", steps=64, max_new_tokens=64)
+    assert app.no_answer_note("red 1", steps=8, max_new_tokens=64) == (
+        "the model ended its turn after 8 tokens of reasoning without one")
+    assert app.no_answer_note("", steps=1, max_new_tokens=64) == "the model ended its turn after 1 token without one"
+
+
+def test_upload_names_are_shortened(app):
+    long = "a-very-long-name-" * 10 + ".png"
+    shown = app.shown_name(f"/tmp/gradio/0123456789abcdef/{long}")
+    assert len(shown) == app.SHOWN_NAME_CHARACTERS and shown.endswith(".png") and "gradio" not in shown
+    assert app.shown_name("/tmp/gradio/0123/cells.png") == "cells.png"
 
 
 def test_conversation_from_history(app):
@@ -313,7 +338,7 @@ def test_api_non_thinking_has_no_reasoning(client):
     assert [m["role"] for m in history] == ["user", "assistant"] and _text(history[-1]) == PLAIN_ANSWER
 
 
-@pytest.mark.parametrize("budget", [0, 2, 5])
+@pytest.mark.parametrize("budget", [0, 1, 2, 5])
 def test_api_budget_caps_reasoning(client, budget):
     history = _ask(client, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], unlimited=False, budget=budget)[0]
     assert _text(history[-1]) == THINKING_ANSWER
@@ -322,7 +347,8 @@ def test_api_budget_caps_reasoning(client, budget):
         return
     (thought,) = _thoughts(history)
     assert _text(thought) == "".join(REASONING_TOKENS[:budget])
-    assert thought["metadata"]["log"] == f"{budget} tokens of a {budget}-token budget"
+    tokens = "1 token" if budget == 1 else f"{budget} tokens"  # not "1 tokens"
+    assert thought["metadata"]["log"] == f"{tokens} of a {budget}-token budget"
 
 
 def _example_image_tokens(processor) -> int:
@@ -353,8 +379,15 @@ def test_api_bad_inputs_are_errors_not_crashes(client, tmp_path):
             _ask(client, QUESTION, [tmp_path / name])
     # A decompression bomb: 144 M pixels in an 18 kB PNG, over PIL's 89 M-pixel limit.
     bomb = _png(tmp_path / "bomb.png", Image.new("1", (12_000, 12_000)))
-    with pytest.raises(gradio_client.exceptions.AppError, match="decompression bomb"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="'bomb.png' is too large") as error:
         _ask(client, QUESTION, [bomb])
+    assert "MAX_IMAGE_PIXELS" not in str(error.value)  # advice for Python users, not for the web page's
+    # A long name: the toast names the file, shortened, never the server's upload folder
+    long = tmp_path / ("cells-" * 30 + ".png")
+    long.write_bytes(b"not a png")
+    with pytest.raises(gradio_client.exceptions.AppError, match="not in an image format") as error:
+        _ask(client, QUESTION, [long])
+    assert "gradio" not in str(error.value) and str(tmp_path) not in str(error.value) and "cells-cells" in str(error.value)
     with pytest.raises(gradio_client.exceptions.AppError, match="Type a question"):
         _ask(client, "   ", [nano_task.EXAMPLE_IMAGE_PATH])
     # ... and the app still answers
@@ -370,13 +403,69 @@ def test_api_conversation_longer_than_the_context_is_an_error(client, tmp_path, 
         _ask(client, QUESTION, [big] * copies)
 
 
+def test_api_no_answer_note_says_how_generation_ended(app, scripted_model_dir, tmp_path):
+    """The note blames max_new_tokens only when generation used them all (issue 15: it did so after an EOS)."""
+    with serve(app, app.build_demo(str(scripted_model_dir), max_new_tokens=8)) as url:  # <think> + 7 reasoning
+        history = _ask(gradio_client.Client(url, verbose=False), QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], budget=8)[0]
+    assert _text(history[-1]) == "_(no answer: the reasoning used all 8 new tokens; set a thinking budget or raise " \
+                                 "--max-new-tokens)_"
+    eos_inside = _save_scripted_model(tmp_path / "eos", reasoning_ends_turn=True)
+    with serve(app, app.build_demo(str(eos_inside), max_new_tokens=64)) as url:
+        history = _ask(gradio_client.Client(url, verbose=False), QUESTION, [nano_task.EXAMPLE_IMAGE_PATH])[0]
+    assert _text(_thoughts(history)[0]) == REASONING
+    # <think>, 7 reasoning tokens, </s>
+    assert _text(history[-1]) == "_(no answer: the model ended its turn after 9 tokens of reasoning without one)_"
+
+
+def test_api_failed_generation_restores_the_chat(app, client, monkeypatch):
+    """A turn that fails mid-generation leaves the chat as it was (the message back in the box), so later messages
+    do not carry it and fail too."""
+    def failing(*args, **kwargs):
+        yield "reasoning", "red"
+        raise RuntimeError("out of memory")
+
+    first = _ask(client, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], thinking=False)[0]
+    monkeypatch.setattr(app, "stream_chat", failing)
+    job = client.submit({"text": "And blue?", "files": []}, _resend(first), True, True, 16, api_name="/chat")
+    with pytest.raises(gradio_client.exceptions.AppError, match="Generation failed: RuntimeError: out of memory"):
+        job.result()
+    history, message = job.outputs()[-1][:2]
+    assert [_text(m) for m in history] == [_text(m) for m in first]  # the failed turn is gone
+    assert message["text"] == "And blue?"
+    monkeypatch.undo()
+    assert _text(_ask(client, "And blue?", history=_resend(history))[0][-1]) == THINKING_ANSWER
+
+
+def test_api_control_strings_in_a_message_never_break_the_chat(client):
+    """'<image>' typed by a user: answered as text, or refused with a clear message before the chat changes; either
+    way the next turn works."""
+    try:
+        history = _ask(client, "What does <image> mean?", [nano_task.EXAMPLE_IMAGE_PATH], thinking=False)[0]
+        assert _text(history[-1]) == PLAIN_ANSWER
+    except gradio_client.exceptions.AppError as error:
+        assert "This message cannot be sent" in str(error)
+    assert _text(_ask(client, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH], thinking=False)[0][-1]) == PLAIN_ANSWER
+
+
+def test_anyres_panel_is_empty_before_an_upload(app, scripted_model_dir):
+    demo = app.build_demo(str(scripted_model_dir))
+    by_id = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    assert by_id["anyres-grid"].value is None and by_id["anyres-thumbnail"].value is None
+    assert by_id["anyres-summary"].value == app.NO_IMAGE_YET
+    assert "No official BlueLM weights exist" in by_id["about"].value
+    assert "only knows its synthetic task" not in by_id["about"].value  # said of the bundled nano only
+
+
 def test_default_model_is_the_bundled_nano(app, monkeypatch):
     monkeypatch.delenv("BLUELM_MODEL", raising=False)
     if not (bluelm_hf.NANO / "config.json").exists():
         with pytest.raises(FileNotFoundError, match="BlueLM-nano is not bundled"):
             app.build_demo()
         return
-    with serve(app, app.build_demo(max_new_tokens=48)) as url:
+    demo = app.build_demo(max_new_tokens=48)
+    (about,) = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "about"]
+    assert "only knows its synthetic task" in about.value and "gibberish" in about.value
+    with serve(app, demo) as url:
         nano = gradio_client.Client(url, verbose=False)
         history = _ask(nano, QUESTION, [nano_task.EXAMPLE_IMAGE_PATH])[0]
         assert _thoughts(history) and _text(history[-1]).strip()
@@ -439,6 +528,10 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
                 tracker = page.locator("#chatbot [data-testid=status-tracker]").first
                 expect(tracker).to_have_class(re.compile(r"\bhide\b"))
 
+            # 0. before any upload the AnyRes panel shows no image
+            expect(page.locator("#anyres-summary")).to_contain_text("Upload an image to see how the model tiles it")
+            expect(page.locator("#anyres-grid img")).to_have_count(0)
+
             # 1. thinking mode: a "Thinking" bubble (open, collapsible), then the answer; the AnyRes view of the upload
             send(QUESTION, nano_task.EXAMPLE_IMAGE_PATH)
             expect_answer(0, THINKING_ANSWER)
@@ -482,6 +575,45 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
             expect(replies).to_have_count(3)  # the chat is still there, not replaced by an error state
             expect(replies.nth(2)).to_be_visible()
             shot("04-bad-image.png", full_page=False)  # the toast is fixed to the viewport's top right
+            page.locator("#prompt button[aria-label='Remove file']").click()  # the refused file stays until removed
+            expect(page.locator("#prompt img")).to_have_count(0)
+
+            # 5. a file the page itself refuses (not an image): the question is not sent about the previous image
+            notes = tmp_path / "notes.txt"
+            notes.write_text("just some text")
+            page.set_input_files("#prompt input[type=file]", str(notes))
+            expect(page.get_by_text("Invalid file type: notes.txt").first).to_be_visible()
+            box.fill("How many blue cells?")
+            box.press("Enter")
+            expect(page.get_by_text("'notes.txt' could not be attached").first).to_be_visible()
+            page.wait_for_timeout(1000)  # time for a wrongly sent question to show up
+            expect(replies).to_have_count(3)
+            expect(box).to_have_value("How many blue cells?")  # the message stays, to send again
+            huge = tmp_path / "huge.png"  # over the 25 MB upload limit: refused by the page before any upload
+            huge.write_bytes(bytes(26 * 2**20))
+            page.set_input_files("#prompt input[type=file]", str(huge))
+            expect(page.get_by_text("exceed the maximum allowed size").first).to_be_visible()
+            box.press("Enter")
+            expect(page.get_by_text("'huge.png' could not be attached").first).to_be_visible()
+            page.wait_for_timeout(1000)
+            expect(replies).to_have_count(3)
+            shot("05-refused-upload.png", full_page=False)
+
+            # 6. user text that looks like a control token: answered or refused, and the chat keeps working
+            page.locator("#thinking input").uncheck()
+            box.fill("What does <image> mean?")
+            box.press("Enter")
+            page.wait_for_timeout(1500)
+            send("How many cells?")
+            last = page.locator('#chatbot [data-testid="bot"]').last
+            expect(last).to_have_attribute("aria-label", f"bot's message: {PLAIN_ANSWER}")
+            expect(page.locator("#chatbot .error")).to_have_count(0)
+
+            # 7. Clear empties the chat and the AnyRes panel
+            page.locator("#clear").click()
+            expect(replies).to_have_count(0)
+            expect(page.locator("#anyres-summary")).to_contain_text("Upload an image to see how the model tiles it")
+            expect(page.locator("#anyres-grid img")).to_have_count(0)
         finally:
             context.close()
 

@@ -3,6 +3,12 @@
 import argparse
 import sys
 
+EXIT_CODES = """exit codes:
+  0    success
+  1    error: one line on stderr (--debug prints the traceback); `export` sets its own codes (export_main)
+  2    bad command line (usage error)
+  130  interrupted (Ctrl-C)"""
+
 
 def cmd_info(args) -> int:
     import torch
@@ -32,6 +38,12 @@ def cmd_info(args) -> int:
 DEFAULT_QUESTION = "Which colour is most common?"
 
 
+def _question(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"the question is empty; ask one, or leave it out for the default ({DEFAULT_QUESTION!r})"
+        )
+    return text
 
 
 def cmd_chat(args) -> int:
@@ -41,7 +53,7 @@ def cmd_chat(args) -> int:
     model, processor = load(args.model)
     image_path = args.image or nano_task.EXAMPLE_IMAGE_PATH
     image = processor.image_processor.fetch_images(str(image_path))  # clear errors for bad files
-    question = args.question or DEFAULT_QUESTION
+    question = DEFAULT_QUESTION if args.question is None else args.question
     print(f"image: {image_path} ({image.width}x{image.height})")
     print(f"question: {question}")
     mode = "thinking" if args.think else "non-thinking"
@@ -91,15 +103,18 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from bluelm_hf import __version__
 
-    parser = argparse.ArgumentParser(prog="bluelm-hf", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bluelm-hf", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"bluelm-hf {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="presets and their parameter counts")
     info.set_defaults(func=cmd_info)
 
     chat = sub.add_parser("chat", help="ask a question about an image (default: nano + bundled example)")
-    chat.add_argument("question", nargs="?", default=None, help=f"default: {DEFAULT_QUESTION!r}")
+    chat.add_argument("question", nargs="?", default=None, type=_question, help=f"default: {DEFAULT_QUESTION!r}")
     chat.add_argument("--image", default=None, help="image file (default: the bundled example strip)")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     _add_generation_args(chat)
@@ -122,12 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_subcommand(sub)
     add_card_subcommand(sub)
+    for subparser in sub.choices.values():  # `bluelm-hf chat --debug` as well as `bluelm-hf --debug chat`
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="on an error, print the full traceback")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command and returns its exit code (see EXIT_CODES): an error is one line on stderr, not a
+    traceback, unless --debug is given."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"bluelm-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"bluelm-hf {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,30 @@ def _looks_local(name: str) -> bool:
     return "/" in name and Path(name.split("/", 1)[0]).is_dir()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # a fast tokenizer, or a slow one's vocabulary
+
+
+def _check_checkpoint_dir(path: Path) -> None:
+    """Refuse, before anything is built, a directory that holds another model type or lacks its tokenizer (which
+    transformers reports as a size mismatch, or as "You need to have sentencepiece or tiktoken installed")."""
+    import json
+
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{path / 'config.json'} is not a JSON object: {error}") from error
+    if model_type != "bluelm_v":
+        raise ValueError(
+            f"{path} holds a {model_type!r} model (config.json's model_type), not a BlueLM one ('bluelm_v'); "
+            "bluelm-hf loads BlueLM checkpoints only"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{path} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} is there. Save the processor beside "
+            "the model (processor.save_pretrained(...) writes tokenizer.json)"
+        )
+
+
 def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None):
     """Load `(model, processor)` from a path or Hub id; default: the bundled BlueLM-nano, offline.
 
@@ -49,6 +73,7 @@ def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None
             raise FileNotFoundError(f"Model directory {path} does not exist")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: not a saved model directory")
+        _check_checkpoint_dir(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     loaded = AutoModelForImageTextToText.from_pretrained(path, **kwargs).eval()
     processor = AutoProcessor.from_pretrained(path)
