@@ -30,7 +30,7 @@ for _name, _value in CPU_NUMERICS.items():
 import bluelm_hf  # noqa: E402, F401  (registers the bluelm_v Auto classes)
 from bluelm_hf import nano_task  # noqa: E402
 from bluelm_hf.assemble import init_from_scratch  # noqa: E402
-from bluelm_hf.distributed import enable_fsdp_on_cpu  # noqa: E402
+from bluelm_hf.distributed import enable_fsdp_on_cpu, unsharded_class  # noqa: E402
 from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group  # noqa: E402
 
 
@@ -124,7 +124,8 @@ def main(script_args, training_args, model_args):
 
     if trainer.is_fsdp_enabled:  # a sharded state dict is for resuming; the final folder is a whole model
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(training_args.output_dir)
+    with unsharded_class(trainer.model):  # FSDP2 renames the class; the saved auto_map must name ours
+        trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
         model.generation_config.save_pretrained(training_args.output_dir)

@@ -16,9 +16,9 @@ for DDP; `consolidate_checkpoint` turns a sharded (torch.distributed.checkpoint)
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -64,4 +64,73 @@ def enable_fsdp_on_cpu() -> None:
     AcceleratorState.__init__ = __init__
 
 
-__all__ = ["enable_fsdp_on_cpu", "fsdp_layer_classes"]
+@contextlib.contextmanager
+def unsharded_class(model: torch.nn.Module):
+    """Give an FSDP2-sharded model its own class back for the duration of a `save_pretrained`.
+
+    `fully_shard` swaps the root's class for a generated `FSDP<Name>` defined in torch
+    (`torch/distributed/fsdp/_fully_shard/_fully_shard.py`); transformers' `custom_object_save` names the class and
+    copies the file of `obj.__class__`, so a sharded model saved as is gets `auto_map` ->
+    `_fsdp_init.FSDPBlueLMVForConditionalGeneration` and torch's FSDP sources instead of `modeling_bluelm_v.py`, and
+    does not load as remote code. The parameters' FSDP hooks live on the modules, not on the class.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = type(model)
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(cls for cls in sharded.__mro__[1:] if not issubclass(cls, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded
+
+
+def consolidate_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, config_from: str | os.PathLike):
+    """Turn a sharded FSDP checkpoint into a `save_pretrained` folder that `from_pretrained` loads (and, with
+    `trust_remote_code=True`, without bluelm_hf installed).
+
+    checkpoint: a Trainer `checkpoint-N` folder (its `pytorch_model_fsdp_0/` holds torch.distributed.checkpoint
+    shards, one `__<rank>_0.distcp` file per rank) or that shard folder itself. config_from: a folder or Hub id with the
+    run's config and processor (the model trained from, or the run's `output_dir`). Runs in one process, no group:
+    accelerate's `merge_fsdp_weights` (the `accelerate merge-weights` command) gathers the shards. Returns output_dir.
+    """
+    from accelerate.utils import merge_fsdp_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    shards = checkpoint / "pytorch_model_fsdp_0" if (checkpoint / "pytorch_model_fsdp_0").is_dir() else checkpoint
+    if not (shards / ".metadata").is_file():
+        found = sorted(p.name for p in checkpoint.iterdir()) if checkpoint.is_dir() else "no such folder"
+        raise FileNotFoundError(
+            f"{checkpoint} is not a sharded FSDP checkpoint: expected {shards}/.metadata (torch.distributed.checkpoint, "
+            f"fsdp_state_dict_type SHARDED_STATE_DICT); found {found}"
+        )
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} is not empty; consolidate into a new folder")
+    with tempfile.TemporaryDirectory() as merged:
+        merge_fsdp_weights(str(shards), merged, safe_serialization=True)
+        state_dict = load_file(Path(merged) / "model.safetensors")
+    config = AutoConfig.from_pretrained(config_from)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    expected = set(model.state_dict())
+    if set(state_dict) != expected:
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        raise ValueError(
+            f"{shards} does not hold the weights of the {config.model_type} model in {config_from}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    model.load_state_dict(state_dict, assign=True)
+    model.tie_weights()
+    model.save_pretrained(output_dir)
+    with contextlib.suppress(OSError):
+        AutoProcessor.from_pretrained(config_from).save_pretrained(output_dir)
+    with contextlib.suppress(OSError):
+        GenerationConfig.from_pretrained(config_from).save_pretrained(output_dir)
+    return output_dir
+
+
+__all__ = ["consolidate_checkpoint", "enable_fsdp_on_cpu", "fsdp_layer_classes", "unsharded_class"]
