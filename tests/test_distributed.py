@@ -134,7 +134,10 @@ def shard_files(shard_dir: Path) -> dict[str, dict[str, tuple[list[int], list[in
     metadata = dcp.FileSystemReader(str(shard_dir)).read_metadata()
     layout: dict[str, dict[str, tuple[list[int], list[int]]]] = {}
     for index, info in metadata.storage_data.items():
-        chunk = metadata.state_dict_metadata[index.fqn].chunks[index.index]
+        tensor = metadata.state_dict_metadata[index.fqn]
+        if not hasattr(tensor, "chunks"):  # pickled non-tensors (param_groups)
+            continue
+        chunk = tensor.chunks[index.index]
         layout.setdefault(index.fqn, {})[info.relative_path] = (list(chunk.offsets), list(chunk.sizes))
     return layout
 
@@ -174,7 +177,7 @@ def fsdp2_runs(tmp_path_factory):
     resumed_log = run(
         torchrun(
             *sft_args(base / "resumed", "--resume_from_checkpoint", str(base / "full/checkpoint-2")),
-            "--fsdp", "true", "--fsdp_config", str(FSDP2_TRAINER_CONFIG),
+            "--fsdp", "--fsdp_config", str(FSDP2_TRAINER_CONFIG),
         )
     )
     return base, full_log, resumed_log
@@ -231,7 +234,6 @@ def assert_loads_as_remote_code(folder: Path, weights: dict) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env={**env, **ENV}, cwd="/", timeout=300
     )
     assert result.returncode == 0 and "ok BlueLMVForConditionalGeneration" in result.stdout, result.stderr[-3000:]
-    assert set(weights) <= set(load_weights(folder))
 
 
 @pytest.mark.slow
@@ -244,7 +246,8 @@ def test_fsdp2_resume_equals_uninterrupted_run(fsdp2_runs):
     assert "'epoch': '0.25'" in full_log and "'epoch': '0.25'" not in resumed_log  # steps 1-2 were not re-run
     full, resumed = load_weights(base / "full"), load_weights(base / "resumed")
     at_step_2 = load_weights(consolidate_checkpoint(base / "full/checkpoint-2", base / "step2", base / "full"))
-    assert sum(not torch.equal(full[k], at_step_2[k]) for k in full) > 50  # steps 3-4 moved the weights
+    # (save_pretrained keeps the tied lm_head once, under embed_tokens; the trainer's final save writes both names)
+    assert sum(not torch.equal(full[k], at_step_2[k]) for k in at_step_2) > 50  # steps 3-4 moved the weights
     differing = [k for k in full if not torch.equal(full[k], resumed[k])]
     assert not differing, f"{len(differing)} tensors differ after resuming, e.g. {differing[:3]}"
 
@@ -259,7 +262,7 @@ def test_consolidate_sharded_checkpoint_to_save_pretrained_folder(fsdp2_runs, tm
     base, _, _ = fsdp2_runs
     folder = consolidate_checkpoint(base / "full/checkpoint-4", tmp_path / "whole", config_from=bluelm_hf.NANO)
     whole, final = load_weights(folder), load_weights(base / "full")
-    assert set(final) <= set(whole) and all(torch.equal(whole[k], final[k]) for k in final)
+    assert len(whole) > 70 and set(whole) <= set(final) and all(torch.equal(whole[k], final[k]) for k in whole)
     assert (folder / "processor_config.json").exists() and (folder / "modeling_bluelm_v.py").exists()
     assert_loads_as_remote_code(folder, whole)
     with pytest.raises(FileExistsError, match="not empty"):
@@ -355,7 +358,8 @@ def worker(case: str, output_dir: str) -> None:
         "classes": fsdp_layer_classes(base),
         "units": [isinstance(layer, FSDPModule) for layer in layers],
         "layer_types": [type(getattr(layer, "_checkpoint_wrapped_module", layer)).__name__ for layer in layers],
-        "checkpointed": [type(layer).__name__ == "CheckpointWrapper" for layer in layers],
+        # torch's CheckpointWrapper (class renamed FSDPCheckpointWrapper by fully_shard)
+        "checkpointed": [hasattr(layer, "_checkpoint_wrapped_module") for layer in layers],
         "tied": base.lm_head.weight is base.model.language_model.embed_tokens.weight,
         "params": params,
     }
