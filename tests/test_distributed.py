@@ -316,6 +316,9 @@ def worker(case: str, output_dir: str) -> None:
     from conftest import CORPUS, TILE, tiny_config
 
     lm, stage, activation_checkpointing = UNIT_CASES[case]
+    def own_class(module):  # fully_shard renames a unit's class FSDP<Name>
+        return next(c.__name__ for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
     enable_fsdp_on_cpu()
     tokenizer = nano_task.train_tokenizer(CORPUS, vocab_size=200)
     config = tiny_config(add_bluelm_special_tokens(tokenizer), len(tokenizer), text_config=tiny_lm(lm))
@@ -334,7 +337,9 @@ def worker(case: str, output_dir: str) -> None:
         assistant_only_loss=True, max_length=None, bf16=False, activation_checkpointing=False,  # TRL's default: on
         fsdp=True, fsdp_config={**json.loads(FSDP2_TRAINER_CONFIG.read_text()), "activation_checkpointing": activation_checkpointing},
     )  # fmt: skip
-    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)") if stage == "lora" else None
+    # PEFT freezes every non-adapter weight, the projector included, unless it is a module to save.
+    lora = LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)", modules_to_save=["multi_modal_projector"])
+    peft_config = lora if stage == "lora" else None
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=nano_task.make_sft_dataset(16), processing_class=processor,
         peft_config=peft_config,
@@ -344,7 +349,9 @@ def worker(case: str, output_dir: str) -> None:
     layers = [*base.model.language_model.layers, *base.model.vision_tower.encoder.layers]
     params = {}
     for name, param in base.named_parameters():  # same order on every rank: full_tensor() is a collective
-        original = name.replace(".base_layer.", ".")
+        if ".original_module." in name:  # PEFT's untouched copy of a module to save
+            continue
+        original = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
         full = (param.full_tensor() if hasattr(param, "full_tensor") else param).detach()
         params[original if original in before else name] = {
             "local": list(param.to_local().shape) if hasattr(param, "to_local") else None,
@@ -357,7 +364,7 @@ def worker(case: str, output_dir: str) -> None:
         "fsdp": trainer.is_fsdp_enabled,
         "classes": fsdp_layer_classes(base),
         "units": [isinstance(layer, FSDPModule) for layer in layers],
-        "layer_types": [type(getattr(layer, "_checkpoint_wrapped_module", layer)).__name__ for layer in layers],
+        "layer_types": [own_class(getattr(layer, "_checkpoint_wrapped_module", layer)) for layer in layers],
         # torch's CheckpointWrapper (class renamed FSDPCheckpointWrapper by fully_shard)
         "checkpointed": [hasattr(layer, "_checkpoint_wrapped_module") for layer in layers],
         "tied": base.lm_head.weight is base.model.language_model.embed_tokens.weight,
