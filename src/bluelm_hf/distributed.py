@@ -133,4 +133,45 @@ def consolidate_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.P
     return output_dir
 
 
-__all__ = ["consolidate_checkpoint", "enable_fsdp_on_cpu", "fsdp_layer_classes", "unsharded_class"]
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp2")
+
+
+def training_memory_per_rank(num_params: int, world_size: int, strategy: str, mixed_precision: bool = True) -> dict:
+    """Bytes per rank for weights, gradients and AdamW state (model states only: no activations, buffers or the
+    transient all-gathered layers), with num_params trainable parameters on world_size ranks.
+
+    mixed_precision=True is bf16 training as DeepSpeed/FSDP do it: DDP and ZeRO keep bf16 weights and gradients
+    (2 + 2 bytes) and an fp32 master copy + Adam m + v (12 bytes, counted as optimizer state; ZeRO paper, K=12);
+    FSDP2 with a bf16 `MixedPrecisionPolicy` keeps the sharded parameters themselves in fp32 (4, the master copy),
+    fp32 gradients (4) and m + v (8). mixed_precision=False is fp32 throughout (4 + 4 + 8), as the CPU runs here.
+    ZeRO-2 shards gradients and optimizer state; ZeRO-3 and FSDP2 shard all three (1/world_size each, rounded up:
+    FSDP2 pads every tensor's dim-0 to a multiple of world_size; ignored here).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if world_size < 1 or num_params < 0:
+        raise ValueError(f"need world_size >= 1 and num_params >= 0, got {world_size} and {num_params}")
+    if strategy == "fsdp2" or not mixed_precision:
+        weight, grad, optim = 4, 4, 8
+    else:
+        weight, grad, optim = 2, 2, 12
+    shard = {
+        "ddp": (1, 1, 1),
+        "zero2": (1, world_size, world_size),
+        "zero3": (world_size, world_size, world_size),
+        "fsdp2": (world_size, world_size, world_size),
+    }[strategy]
+    weights, gradients, optimizer = (
+        -(-num_params * nbytes // ways) for nbytes, ways in zip((weight, grad, optim), shard)
+    )
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "total": weights + gradients + optimizer}
+
+
+__all__ = [
+    "STRATEGIES",
+    "consolidate_checkpoint",
+    "enable_fsdp_on_cpu",
+    "fsdp_layer_classes",
+    "training_memory_per_rank",
+    "unsharded_class",
+]
