@@ -285,6 +285,30 @@ def test_fsdp_layer_classes_come_from_the_assembled_models(tiny_tokenizer):
         assert not any("Qwen3" in c for c in classes) if lm == "llama" else "LlamaDecoderLayer" not in classes
 
 
+def test_training_memory_per_rank_for_the_preset():
+    import torch
+
+    from bluelm_hf import BlueLMVConfig, BlueLMVForConditionalGeneration
+    from bluelm_hf.distributed import training_memory_per_rank
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in BlueLMVForConditionalGeneration(BlueLMVConfig.bluelm_2_5_3b()).parameters())
+    assert n == 2_889_743_728  # the count, lm_head tied
+    ddp = training_memory_per_rank(n, 8, "ddp")
+    assert ddp["total"] == 16 * n and ddp == training_memory_per_rank(n, 1, "ddp")
+    for ranks in (1, 2, 8, 16):
+        zero2, zero3, fsdp2 = (training_memory_per_rank(n, ranks, s) for s in ("zero2", "zero3", "fsdp2"))
+        assert zero2["weights"] == ddp["weights"] and zero2["optimizer"] == -(-12 * n // ranks)
+        assert zero3["total"] == fsdp2["total"] == pytest.approx(16 * n / ranks, abs=3)
+        assert fsdp2["weights"] == -(-4 * n // ranks)  # fp32 sharded parameters: the master copy
+    fp32 = training_memory_per_rank(n, 2, "ddp", mixed_precision=False)
+    assert (fp32["weights"], fp32["gradients"], fp32["optimizer"]) == (4 * n, 4 * n, 8 * n)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        training_memory_per_rank(n, 2, "zero1")
+    with pytest.raises(ValueError, match="world_size >= 1"):
+        training_memory_per_rank(n, 0, "ddp")
+
+
 def tiny_lm(lm: str) -> dict:
     return dict(
         model_type=lm, vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
