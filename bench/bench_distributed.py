@@ -195,7 +195,9 @@ def main() -> None:
     import bluelm_hf
 
     for strategy in ("ddp", "fsdp2"):
-        flags = ["--fsdp", "--fsdp_config", str(ROOT / "recipes/accelerate/fsdp2_trainer.json")] if strategy == "fsdp2" else []
+        flags = []
+        if strategy == "fsdp2":
+            flags = ["--fsdp", "--fsdp_config", str(ROOT / "recipes/accelerate/fsdp2_trainer.json")]
         cmd = torchrun(
             str(ROOT / "recipes/sft.py"), "--config", str(ROOT / "recipes/nano_sft.yaml"),
             "--model_name_or_path", str(bluelm_hf.NANO), "--output_dir", str(out / strategy),
@@ -208,10 +210,8 @@ def main() -> None:
             raise RuntimeError(f"{strategy}: the log says the other strategy ran")
         speed = re.search(r"'train_steps_per_second': '([\d.]+)'", output).group(1)
         loss = re.search(r"'train_loss': '([\d.]+)'", output).group(1)
-        print(
-            f"| {strategy} | {speed} | {loss} | {peaks.get(0, 0) / 2**20:.0f} | {peaks.get(1, 0) / 2**20:.0f} | {wall:.0f} |",
-            flush=True,
-        )
+        rss = " | ".join(f"{peaks.get(rank, 0) / 2**20:.0f}" for rank in (0, 1))
+        print(f"| {strategy} | {speed} | {loss} | {rss} | {wall:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

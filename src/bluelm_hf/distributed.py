@@ -87,7 +87,9 @@ def unsharded_class(model: torch.nn.Module):
         model.__class__ = sharded
 
 
-def consolidate_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, config_from: str | os.PathLike):
+def consolidate_checkpoint(
+    checkpoint: str | os.PathLike, output_dir: str | os.PathLike, config_from: str | os.PathLike
+) -> Path:
     """Turn a sharded FSDP checkpoint into a `save_pretrained` folder that `from_pretrained` loads (and, with
     `trust_remote_code=True`, without bluelm_hf installed).
 
@@ -164,7 +166,8 @@ def training_memory_per_rank(num_params: int, world_size: int, strategy: str, mi
     weights, gradients, optimizer = (
         -(-num_params * nbytes // ways) for nbytes, ways in zip((weight, grad, optim), shard)
     )
-    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "total": weights + gradients + optimizer}
+    total = weights + gradients + optimizer
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "total": total}
 
 
 __all__ = [
