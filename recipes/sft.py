@@ -30,6 +30,7 @@ for _name, _value in CPU_NUMERICS.items():
 import bluelm_hf  # noqa: E402, F401  (registers the bluelm_v Auto classes)
 from bluelm_hf import nano_task  # noqa: E402
 from bluelm_hf.assemble import init_from_scratch  # noqa: E402
+from bluelm_hf.distributed import enable_fsdp_on_cpu, unsharded_class  # noqa: E402
 from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group  # noqa: E402
 
 
@@ -67,6 +68,7 @@ def main(script_args, training_args, model_args):
 
         torch.set_num_threads(script_args.torch_threads)
     report_process_group()
+    enable_fsdp_on_cpu()  # --fsdp on CPU processes: accelerate would silently use DDP
 
     from bluelm_hf.training import vision_layerwise_optimizer
 
@@ -120,7 +122,10 @@ def main(script_args, training_args, model_args):
     wall = time.perf_counter() - start
     trainer.accelerator.print(f"Training wall time: {wall:.0f} s")
 
-    trainer.save_model(training_args.output_dir)
+    if trainer.is_fsdp_enabled:  # a sharded state dict is for resuming; the final folder is a whole model
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    with unsharded_class(trainer.model):  # FSDP2 renames the class; the saved auto_map must name ours
+        trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
         model.generation_config.save_pretrained(training_args.output_dir)
