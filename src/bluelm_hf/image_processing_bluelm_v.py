@@ -131,7 +131,7 @@ class AnyResPlan(NamedTuple):
 
     @property
     def num_tiles(self) -> int:
-        return self.num_rows * self.num_cols + int(self.has_thumbnail)
+        return num_tiles_for_grid(self.num_rows, self.num_cols, use_thumbnail=self.has_thumbnail)
 
 
 def limit_image_side(height: int, width: int, max_image_side: int | None) -> tuple[int, int]:
@@ -164,14 +164,15 @@ def plan_anyres(
     rows, cols = select_best_grid(width, height, tile_size, max_grid_size, alpha)
     resized_h, resized_w = fit_size(height, width, rows * tile_size, cols * tile_size)
     thumb_h, thumb_w = 0, 0
-    if use_thumbnail and rows * cols > 1:
+    if num_tiles_for_grid(rows, cols, use_thumbnail) > rows * cols:
         thumb_h, thumb_w = fit_size(height, width, tile_size, tile_size)
     return AnyResPlan(rows, cols, resized_h, resized_w, thumb_h, thumb_w)
 
 
 def tokens_per_tile(tile_size: int = 384, patch_size: int = 14, downsample_factor: int = 2) -> int:
     """LLM tokens of one tile: (tile // patch) patches per side, merged in downsample x downsample windows after
-    padding to a multiple (27 -> 28 -> 14 per side -> 196 for 384 / 14 / 2)."""
+    padding to a multiple (27 -> 28 -> 14 per side -> 196 for 384 / 14 / 2). The one formula: the configuration's
+    `image_tokens_per_tile` calls this."""
     for name, value in (("tile_size", tile_size), ("patch_size", patch_size), ("downsample_factor", downsample_factor)):
         _check_positive_int(name, value)
     if patch_size > tile_size:
