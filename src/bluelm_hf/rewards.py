@@ -355,56 +355,16 @@ def group_overlong_reward(
     eos_token: str | None = None,
     **kwargs,
 ) -> list[float]:
-    r"""Group Overlong: penalise a correct completion for the share of its length beyond the shortest correct
-    completion of its group.
-
-    For completion i of group g (all completions of the same prompt in the batch), with length L_i and
-    C_g = lengths of g's correct completions:
+    r"""Group Overlong (BlueLM-2.5-3B's RLVR length term; the paper gives no formula, this one is ours): penalise a
+    correct completion for the share of its length beyond the shortest correct completion of its group.
 
         r_i = -length_penalty * max(0, L_i - (1 + tolerance) * min(C_g)) / L_i     if i is correct
         r_i = 0                                                                    if i is incorrect
 
-    plus, if `max_length` is set, DAPO's `soft_overlong_punishment(L_i, max_length, cache_length)` on every
-    completion (off by default).
-
-    Bounds: r_i in [-length_penalty, 0] (the cap adds [-1, 0]); the shortest correct completion, every completion
-    of a group whose correct ones are equally long, and every incorrect one get 0.
-
-    `tolerance` (>= 0) is a free margin: correct completions up to (1 + tolerance) x the shortest correct one are
-    not penalised, and beyond it only the excess over the margin counts. Over-thinking is a matter of large
-    factors (a trace twice as long as needed); a completion 5% shorter than its neighbours is more often one that
-    skipped a step and was lucky. With tolerance 0, rollouts of one reasoning style that differ by a token or two
-    still get a length signal, and after GRPO's per-group normalisation (`scale_rewards="group"`) even that small
-    difference becomes a full-size advantage that teaches skipping. 0.25 ignores such jitter and still charges a
-    2x trace 37.5% of `length_penalty`.
-
-    Why this shape. It keeps what Kimi k1.5's length penalty (arXiv 2501.12599) gets right and changes
-    two things:
-
-    - Kimi: lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min) over the group; correct get lambda_i, incorrect
-      min(0, lambda_i). Kept: relative to the group, so it measures over-thinking on *this* problem and is scale
-      invariant (multiplying all lengths by k changes nothing); only shortness among correct answers earns reward.
-    - Changed: the reference is the shortest *correct* completion, and the penalty is the share of i's own tokens
-      beyond it, not a min-max rank over the whole group. So a quick wrong guess never sets the bar for correct
-      answers, one runaway sample does not squash everyone else's penalty to ~0, and the value has a meaning
-      ("40% of these tokens were not needed") that survives `scale_rewards="none"`. It is a pure penalty: 0 for
-      the most concise correct answer.
-    - Changed: incorrect completions are length-neutral (0), not min(0, lambda). Penalising long wrong answers
-      teaches the model to guess early when unsure (TRL's cosine-scaled reward, after Demystifying Long CoT,
-      even rewards long wrong answers for this reason), and accuracy growing with the thinking budget is the very
-      behaviour BlueLM's thinking mode relies on. Runaway length is the job of the optional absolute cap and of
-      `repetition_reward`.
-
-    Length is the whole completion in tokens (`completion_lengths`), not the reasoning alone: counting only the
-    reasoning would pay the model to move reasoning past `</think>`, and every token costs the same decode
-    latency on a phone. Correctness reuses `accuracy_reward` (with `score_fn`); full credit (>= 1) is correct.
-    Length never outranks correctness: r_i > -length_penalty (the shortest correct completion is not empty), so
-    with reward weights w_acc and w_len, a correct completion beats every incorrect one of its group whenever
-    w_len * length_penalty <= w_acc (cap off).
-
-    Groups are found by `prompt_id` if that column exists, else by prompt content (`group_keys`), never by
-    position, so shuffling a batch shuffles the rewards the same way. TRL computes rewards per process, so in
-    multi-process training a group split across processes is judged on the part each process holds.
+    L_i: completion i's length in tokens (`completion_lengths`); C_g: lengths of the correct completions of i's
+    group (same `prompt_id`, else same prompt content, `group_keys`). With `max_length`, DAPO's
+    `soft_overlong_punishment` (arXiv 2503.14476) is added to every completion. r_i is in [-length_penalty, 0].
+    Why this shape, against Kimi k1.5's length penalty (arXiv 2501.12599): docs/rewards.md.
     """
     if not (math.isfinite(length_penalty) and length_penalty >= 0):
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
