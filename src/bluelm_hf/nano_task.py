@@ -488,7 +488,7 @@ def _sft_rows(job: tuple[int, str, int, list[str]]) -> list[dict]:
 # ----------------------------------------------------------------------------------------- scoring
 def score(prediction: str, answer: str) -> bool:
     """Normalised exact match of a final answer (the text after `</think>`, not the whole completion)."""
-    return normalize_answer(prediction) == normalize_answer(answer)
+    return normalize_answer(prediction.replace(EOS_TOKEN, " ")) == normalize_answer(answer)
 
 
 # --------------------------------------------------------------------------------------- tokenizer
