@@ -90,8 +90,13 @@ def test_lora_trains_adapters_in_the_llm_and_the_whole_projector(fresh_model):
     # every projector weight trains (a trainable copy, PEFT's modules_to_save), not only adapters on it
     trained_projector = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "projector" in n)
     assert trained_projector == sum(projector.values())
-    with pytest.raises(ValueError, match="train_stage 'lora' needs the LoRA config"):
-        apply_train_stage(fresh_model, "lora")
+
+
+
+def test_lora_without_its_config_warns_that_the_projector_will_freeze(fresh_model):
+    with pytest.warns(UserWarning, match="freeze the projector too"):
+        assert apply_train_stage(fresh_model, "lora") is fresh_model
+    assert trainable(fresh_model.vision_tower) == trainable(fresh_model.language_model) == 0
 
 
 def _train(tmp_path, tiny_processor, tiny_tokenizer, max_steps, resume=None, save_steps=2, stop_at=None):

@@ -8,6 +8,7 @@
 """
 
 import re
+import warnings
 
 import torch
 
@@ -56,25 +57,29 @@ def load_pretrained_for_training(model_args):
 def apply_train_stage(model, stage: str, peft_config=None):
     """Set what trains for a training stage (see module docstring) and return the model to train.
 
-    `full` and `adapter` set `requires_grad` and return `model`. `lora` needs the PEFT config (TRL's
+    `full` and `adapter` set `requires_grad` and return `model`. `lora` takes the PEFT config (TRL's
     `get_peft_config(model_args)` from `--use_peft --lora_target_modules ...`): the projector is added to its
     `modules_to_save`, so it trains fully, and the returned `PeftModel` trains only that and the LoRA adapters
-    (ViT and LLM weights frozen). Hand that model to the trainer with `peft_config=None`.
+    (ViT and LLM weights frozen). Hand that model to the trainer with `peft_config=None`. Without the config it
+    warns: the trainer's own PEFT wrapping would freeze the projector.
     """
     if stage not in TRAIN_STAGES:
         raise ValueError(f"train_stage must be one of {TRAIN_STAGES}, got {stage!r}")
     if stage == "full":
         model.requires_grad_(True)
         return model
+    model.requires_grad_(False)
+    model.multi_modal_projector.requires_grad_(True)
     if stage == "adapter":
-        model.requires_grad_(False)
-        model.multi_modal_projector.requires_grad_(True)
         return model
-    if peft_config is None:
-        raise ValueError(
-            "train_stage 'lora' needs the LoRA config: pass apply_train_stage(model, 'lora', get_peft_config(model_args)) "
-            "and run with --use_peft --lora_target_modules ... (see recipes/README.md)"
+    if peft_config is None:  # the trainer will add the adapters and freeze everything else
+        warnings.warn(
+            "train_stage 'lora' without its LoRA config: the trainer's PEFT wrapping will freeze the projector too. "
+            "Pass apply_train_stage(model, 'lora', get_peft_config(model_args)) and hand the returned model to the "
+            "trainer with peft_config=None, or add --lora_modules_to_save multi_modal_projector",
+            stacklevel=2,
         )
+        return model
     from peft import get_peft_model
 
     peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), "multi_modal_projector"})
