@@ -123,3 +123,24 @@ def test_model_card_states_the_recipe_the_yaml_holds():
     assert table, "the bundled card has no hyperparameter table"
     assert table == {key: str(value) for key, value in settings.items()}
     assert f"# seed {settings['seed']}," in card, "the card's training command names another seed"
+
+
+def test_eval_counts_with_the_shared_well_formed_check(monkeypatch):
+    """`evaluate_nano` scores with `nano_task.score` and counts shapes with `rewards.is_well_formed` (canned outputs)."""
+    from datasets import Dataset
+
+    from bluelm_hf import evaluation
+
+    texts = ["<think>red 1 so 1</think>1", "<think></think>1", "<think>red 1 so 1</think>1[|Human|]:more", "2"]
+    outputs = [
+        {"text": t, "content": t.rsplit("</think>", 1)[-1], "reasoning_content": "r", "num_thinking_tokens": 4}
+        for t in texts
+    ]
+    monkeypatch.setattr(evaluation, "generate", lambda model, processor, questions, *a, **k: outputs[: len(questions)])
+    rows = Dataset.from_dict({"question": ["q"] * 4, "image": [None] * 4, "answer": ["1", "1", "1", "1"]})
+    think = evaluate_nano(object(), None, dataset=rows, thinking=True)
+    assert think["well_formed"] == 0.25  # only the first: empty reasoning, a second turn and no think block fail
+    assert think["accuracy"] == 0.5  # the two answers "1" are right; "1[|Human|]:more" and "2" are not
+    assert think["rows_with_think_tag"] == 3 and think["mean_thinking_tokens"] == 4.0
+    no_think = evaluate_nano(object(), None, dataset=rows, thinking=False)
+    assert no_think["well_formed"] == 0.25  # only "2": no think tag, non-empty
