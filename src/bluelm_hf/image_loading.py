@@ -11,7 +11,7 @@ transformers' `load_image` resolves sources in the same order (URL, existing fil
 error page to PIL; so only its choice of HTTP client (httpx) is kept here.
 
 Every failure is a ValueError that names the image's index, the source and the numbers.
-This file is shipped next to checkpoints as remote code, so it imports only PIL, numpy, httpx and torch.
+Shipped next to checkpoints as remote code, so it imports only PIL, numpy and httpx (a transformers dependency).
 """
 
 import base64
