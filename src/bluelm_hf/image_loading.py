@@ -7,8 +7,8 @@ checked from the header before anything is decoded; then every image, whatever i
 Animated images give their first frame.
 
 transformers' `load_image` resolves sources in the same order (URL, existing file, base64) but converts with
-`.convert("RGB")` (16-bit clipped, alpha dropped onto black), decodes before any size check, and hands an HTTP
-error page to PIL; so only its choice of HTTP client (httpx) is kept here.
+`.convert("RGB")` (16-bit clipped, alpha dropped onto black), decodes images up to 2x the pixel limit (where PIL
+only warns), and hands an HTTP error page to PIL; so only its choice of HTTP client (httpx) is kept here.
 
 Every failure is a ValueError that names the image's index, the source and the numbers.
 Shipped next to checkpoints as remote code, so it imports only PIL, numpy and httpx (a transformers dependency).
