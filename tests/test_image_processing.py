@@ -18,17 +18,17 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bluelm_hf.image_loading import to_rgb
 from bluelm_hf.image_processing_bluelm_v import (
     BlueLMVImageProcessor,
-    BlueLMVImageProcessorPil,
     candidate_grids,
     fit_size,
     num_tiles_for_grid,
     plan_anyres,
     select_best_grid,
-    to_rgb,
     tokens_per_tile,
 )
+from bluelm_hf.image_processing_pil_bluelm_v import BlueLMVImageProcessorPil
 
 BACKENDS = [BlueLMVImageProcessor, BlueLMVImageProcessorPil]
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -219,11 +219,9 @@ def test_num_patches_and_crop_to_patches_match_internvl_usage():
     out = processor(images=images, crop_to_patches=True, return_tensors="pt")
     assert out["num_patches"].tolist() == [processor.get_num_tiles(480, 640), 1, processor.get_num_tiles(380, 1500)]
     assert out["num_patches"].sum() == out["pixel_values"].shape[0]
-    single = processor(images=images, crop_to_patches=False, return_tensors="pt")
-    assert single["num_patches"].tolist() == [1, 1, 1] and single["image_grids"].tolist() == [[1, 1]] * 3
-    assert processor.get_num_tiles(480, 640, images_kwargs={"crop_to_patches": False}) == 1
-    with pytest.raises(ValueError, match="crop_to_patches=False.*max_grid_size=3"):
-        processor(images=images, crop_to_patches=False, max_grid_size=3)
+    assert out["num_patches"].tolist() == [5, 1, 5]  # 2x2 + thumbnail; 1x1; 1x4 (1536x384 keeps all 1500x380) + thumbnail
+    with pytest.raises(ValueError, match="crop_to_patches=False is not supported.*max_grid_size=1"):
+        processor(images=images, crop_to_patches=False)
 
 
 def test_tile_order_is_row_major_then_thumbnail():

@@ -188,3 +188,29 @@ def test_card_code_runs(model_dir):
     namespace = {}
     for block in runnable:
         exec(compile(block.replace("max_new_tokens=64", "max_new_tokens=8"), "<card>", "exec"), namespace)
+
+
+def test_template_ships_as_package_data(model_dir, tmp_path):
+    """`bluelm-hf card` works from an installed package: the template is package data, found beside the code."""
+    import fnmatch
+    import shutil
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    package = Path(model_card.__file__).parent
+    relative = model_card.DEFAULT_TEMPLATE.relative_to(package).as_posix()
+    globs = tomllib.loads((package.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in globs["bluelm_hf"]), (relative, globs)
+    # The package alone, away from the repository (as site-packages holds it), renders a card.
+    site = tmp_path / "site"
+    shutil.copytree(package, site / "bluelm_hf", ignore=shutil.ignore_patterns("__pycache__", "nano"))
+    (tmp_path / "eval.json").write_text(json.dumps(EVAL))
+    code = ("import json, sys; from bluelm_hf import model_card; "
+            "print(model_card.render_card(sys.argv[1], json.load(open(sys.argv[2]))))")
+    result = subprocess.run([sys.executable, "-c", code, str(model_dir), str(tmp_path / "eval.json")],
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "91.4%" in result.stdout

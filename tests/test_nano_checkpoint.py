@@ -30,7 +30,7 @@ def held_out():
     return nano_task.make_eval_set(N)
 
 
-def test_loads_offline_through_auto_classes():
+def test_loads_offline_through_auto_classes(nano):
     code = (
         "import torch, bluelm_hf\n"
         "from transformers import AutoModelForImageTextToText, AutoProcessor\n"
@@ -45,7 +45,8 @@ def test_loads_offline_through_auto_classes():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "params" in result.stdout
+    # the Auto classes load the same weights `inference.load` does
+    assert f"params {sum(t.numel() for t in nano[0].parameters())}" in result.stdout.splitlines()
 
 
 def test_small_eval_clears_floors_random_weights_cannot(nano, held_out):
@@ -80,7 +81,10 @@ def test_bundled_example_runs_through_chat(nano):
     image = Image.open(nano_task.EXAMPLE_IMAGE_PATH)
     with torch.no_grad():
         out = generate(model, processor, ["How many cells?"], [image], thinking=True, max_new_tokens=64)[0]
-    assert out["reasoning_content"] and out["content"].strip().isdigit(), out
+    # the example holds 7 cells (nano_task.EXAMPLE_COLOURS): the trace counts them one by one
+    assert len(nano_task.EXAMPLE_COLOURS) == 7
+    assert out["content"].strip() == "7", out
+    assert out["reasoning_content"].split()[-2:] == ["so", "7"], out
 
 
 @pytest.mark.parametrize(
@@ -99,7 +103,9 @@ def test_a_home_relative_path_that_exists_loads(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "nano").symlink_to(bluelm_hf.NANO, target_is_directory=True)
     model, processor = load("~/models/nano")
-    assert type(model).__name__ == "BlueLMVForConditionalGeneration"
+    shipped = load(str(bluelm_hf.NANO))[0].state_dict()
+    assert model.state_dict().keys() == shipped.keys()
+    assert all(torch.equal(tensor, shipped[name]) for name, tensor in model.state_dict().items())
 
 
 def test_model_card_states_the_recipe_the_yaml_holds():
@@ -117,3 +123,24 @@ def test_model_card_states_the_recipe_the_yaml_holds():
     assert table, "the bundled card has no hyperparameter table"
     assert table == {key: str(value) for key, value in settings.items()}
     assert f"# seed {settings['seed']}," in card, "the card's training command names another seed"
+
+
+def test_eval_counts_with_the_shared_well_formed_check(monkeypatch):
+    """`evaluate_nano` scores with `nano_task.score` and counts shapes with `rewards.is_well_formed` (canned outputs)."""
+    from datasets import Dataset
+
+    from bluelm_hf import evaluation
+
+    texts = ["<think>red 1 so 1</think>1", "<think></think>1", "<think>red 1 so 1</think>1[|Human|]:more", "2"]
+    outputs = [
+        {"text": t, "content": t.rsplit("</think>", 1)[-1], "reasoning_content": "r", "num_thinking_tokens": 4}
+        for t in texts
+    ]
+    monkeypatch.setattr(evaluation, "generate", lambda model, processor, questions, *a, **k: outputs[: len(questions)])
+    rows = Dataset.from_dict({"question": ["q"] * 4, "image": [None] * 4, "answer": ["1", "1", "1", "1"]})
+    think = evaluate_nano(object(), None, dataset=rows, thinking=True)
+    assert think["well_formed"] == 0.25  # only the first: empty reasoning, a second turn and no think block fail
+    assert think["accuracy"] == 0.5  # the two answers "1" are right; "1[|Human|]:more" and "2" are not
+    assert think["rows_with_think_tag"] == 3 and think["mean_thinking_tokens"] == 4.0
+    no_think = evaluate_nano(object(), None, dataset=rows, thinking=False)
+    assert no_think["well_formed"] == 0.25  # only "2": no think tag, non-empty

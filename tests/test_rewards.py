@@ -90,7 +90,8 @@ def test_accuracy_reward_reads_the_answer_part():
         "<think>so 2</think>1",
         "red 1 blue red 2 so 2</think>2",  # the prompt ended with <think>
     ]
-    assert accuracy_reward([THINK_PROMPT] * 6, completions, answer=["2"] * 6) == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    got = accuracy_reward([THINK_PROMPT] * 6, completions, answer=["2"] * 6, eos_token="</s>")
+    assert got == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
     assert accuracy_reward([THINK_PROMPT] * 2, [conversational(RIGHT)] * 2, answer=["2", None]) == [1.0, None]
     assert accuracy_reward([PLAIN_PROMPT], ["2"], answer=[2]) == [1.0]  # non-string answers are compared as text
 
@@ -135,8 +136,21 @@ def test_accuracy_reward_needs_one_answer_per_completion():
 )
 def test_format_reward(completion, thinking, ok):
     prompt = THINK_PROMPT if thinking else PLAIN_PROMPT
-    assert format_reward([prompt], [completion]) == [ok]  # mode from the prompt
-    assert format_reward([None], [conversational(completion)], thinking=[thinking]) == [ok]  # mode from the column
+    assert format_reward([prompt], [completion], eos_token="</s>") == [ok]  # mode from the prompt
+    # mode from the column
+    assert format_reward([None], [conversational(completion)], thinking=[thinking], eos_token="</s>") == [ok]
+
+
+def test_eos_comes_from_the_argument_not_a_constant():
+    # Only the EOS string passed in is removed: "</s>" is plain text for a tokenizer whose EOS is "<|end|>".
+    assert format_reward([PLAIN_PROMPT], ["</s>"]) == [1.0]
+    assert format_reward([PLAIN_PROMPT], ["</s>"], eos_token="</s>") == [0.0]
+    assert format_reward([PLAIN_PROMPT], ["<|end|>"], eos_token="<|end|>") == [0.0]
+    assert accuracy_reward(None, ["2<|end|>"], answer=["2"]) == [0.0]
+    (accuracy, fmt), _ = build_reward_funcs({"accuracy": 1.0, "format": 1.0}, eos_token="<|end|>")
+    assert accuracy(None, ["2<|end|>"], answer=["2"]) == [1.0]
+    assert fmt([PLAIN_PROMPT], ["<|end|>"]) == [0.0]
+    assert accuracy.keywords == fmt.keywords == {"eos_token": "<|end|>"}
 
 
 def test_format_reward_mode_sources():
@@ -315,7 +329,7 @@ def test_group_overlong_groups_images_by_pixels():
 def test_group_overlong_lengths_without_completion_ids():
     """Characters of the whole completion (reasoning included) when TRL's token ids are absent."""
     short, long = "<think>so 2</think>2", "<think>red 1 blue red 2 so 2</think>2"
-    rewards = group_overlong_reward([THINK_PROMPT] * 2, [short + "</s>", long], ["2", "2"])
+    rewards = group_overlong_reward([THINK_PROMPT] * 2, [short + "</s>", long], ["2", "2"], eos_token="</s>")
     assert rewards == [0.0, pytest.approx(-0.5 * (len(long) - len(short)) / len(long))]
     # the answer counts as much as the reasoning: moving reasoning past </think> does not dodge the penalty
     moved = "<think>so</think>red 1 blue red 2 so 2"
@@ -351,8 +365,14 @@ def test_group_overlong_optional_cap():
 
 @settings(max_examples=100, deadline=None)
 @given(GROUPS, st.integers(1, 4000), st.integers(0, 4000))
-def test_group_overlong_bounds_with_cap(groups, max_length, cache):
-    rewards = group_overlong_reward(**group_batch(groups), max_length=max_length, cache_length=min(cache, max_length))
+def test_group_overlong_cap_adds_the_soft_punishment(groups, max_length, cache):
+    batch, cache = group_batch(groups), min(cache, max_length)
+    rewards = group_overlong_reward(**batch, max_length=max_length, cache_length=cache)
+    uncapped = group_overlong_reward(**batch)
+    lengths = [len(ids) for ids in batch["completion_ids"]]
+    assert rewards == pytest.approx(
+        [r + soft_overlong_punishment(n, max_length, cache) for r, n in zip(uncapped, lengths)]
+    )
     assert all(-1.5 <= r <= 0.0 for r in rewards)
 
 

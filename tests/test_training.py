@@ -77,20 +77,26 @@ def test_vision_layerwise_lr_decay(fresh_model):
         vision_layerwise_param_groups(fresh_model, lr=1.0, decay=1.5)
 
 
-def test_lora_targets_the_llm_only(fresh_model):
-    from peft import LoraConfig, get_peft_model
+def test_lora_trains_adapters_in_the_llm_and_the_whole_projector(fresh_model):
+    from peft import LoraConfig
 
-    apply_train_stage(fresh_model, "lora")
-    config = LoraConfig(
-        r=4,
-        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-        modules_to_save=["multi_modal_projector"],
-    )
-    model = get_peft_model(fresh_model, config)
+    config = LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+    projector = {n: p.numel() for n, p in fresh_model.model.multi_modal_projector.named_parameters()}
+    model = apply_train_stage(fresh_model, "lora", config)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or "multi_modal_projector" in n for n in names)
     assert any("lora_A" in n and "language_model" in n for n in names)
-    assert not any("vision_tower" in n for n in names)
-    assert any("multi_modal_projector" in n for n in names)
+    assert not any("lora_" in n and "language_model" not in n for n in names)  # no adapters outside the LLM
+    # every projector weight trains (a trainable copy, PEFT's modules_to_save), not only adapters on it
+    trained_projector = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "projector" in n)
+    assert trained_projector == sum(projector.values())
+
+
+
+def test_lora_without_its_config_warns_that_the_projector_will_freeze(fresh_model):
+    with pytest.warns(UserWarning, match="freeze the projector too"):
+        assert apply_train_stage(fresh_model, "lora") is fresh_model
+    assert trainable(fresh_model.vision_tower) == trainable(fresh_model.language_model) == 0
 
 
 def _train(tmp_path, tiny_processor, tiny_tokenizer, max_steps, resume=None, save_steps=2, stop_at=None):

@@ -5,22 +5,11 @@ Importing the package registers the `bluelm_v` model type with the Auto classes,
 `pipeline("image-text-to-text")` work without `trust_remote_code`.
 """
 
-import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-
-def _drop_torchao_enum_warning(record: logging.LogRecord) -> bool:
-    # transformers imports torchao when it is installed (executorch, in our export extra, brings torchao 0.18), and
-    # torchao 0.18 registers two Enums with a torch 2.14 pytree API that now logs a deprecation on each: two warning
-    # lines on every `import bluelm_hf`, about code that is neither ours nor the user's. Only that message is dropped.
-    return "is an Enum subclass and is now natively supported" not in record.getMessage()
-
-
-logging.getLogger("torch.utils._pytree").addFilter(_drop_torchao_enum_warning)
-
-import transformers  # noqa: E402
-from transformers import (  # noqa: E402
+import transformers
+from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -29,7 +18,8 @@ from transformers import (  # noqa: E402
 )
 
 from .configuration_bluelm_v import PRESETS, SPECIAL_TOKENS, BlueLMVConfig
-from .image_processing_bluelm_v import BlueLMVImageProcessor, BlueLMVImageProcessorPil, select_best_grid
+from .image_processing_bluelm_v import BlueLMVImageProcessor, select_best_grid
+from .image_processing_pil_bluelm_v import BlueLMVImageProcessorPil
 from .modeling_bluelm_v import BlueLMVForConditionalGeneration, BlueLMVModel, BlueLMVPreTrainedModel
 from .processing_bluelm_v import BlueLMVProcessor
 

@@ -107,9 +107,12 @@ class BlueLMVConfig(PreTrainedConfig):
 
     @property
     def image_tokens_per_tile(self) -> int:
-        """Tokens one tile contributes to the LLM: ceil(27 / 2)^2 = 196 for so400m-patch14-384."""
-        side = -(-self.patches_per_side // self.downsample_factor)
-        return side * side
+        """Tokens one tile contributes to the LLM (196 for so400m-patch14-384), counted by the image processor's
+        `tokens_per_tile`."""
+        from .image_processing_bluelm_v import tokens_per_tile
+
+        vision = self.vision_config
+        return tokens_per_tile(vision.image_size, vision.patch_size, self.downsample_factor)
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -2,6 +2,7 @@
 
 from . import nano_task
 from .inference import generate
+from .rewards import is_well_formed
 
 
 def evaluate_nano(
@@ -20,7 +21,8 @@ def evaluate_nano(
     """Greedy-decode `n` held-out questions and score them.
 
     Returns a dict: `accuracy`, `n`, `mean_thinking_tokens`, `well_formed` (share of rows whose completion has
-    exactly the shape the mode asks for: `<think>...</think>answer` in thinking mode, no think tag otherwise),
+    the shape the mode asks for, `rewards.is_well_formed`: `<think>reasoning</think>answer` in thinking mode, no
+    think tag otherwise),
     `rows_with_think_tag`, `verbose_traces` (share of rows whose reasoning is in the verbose style,
     `cell 1 red 1 cell 2 blue ...`, see `nano_task.thinking_trace`), and the `thinking`/`thinking_budget` settings.
     With `return_outputs`, also `outputs`: the parsed completion of every row (`inference.generate`'s dicts), in
@@ -51,16 +53,7 @@ def evaluate_nano(
             correct += ok
             has_tag = "<think>" in out["text"] or "</think>" in out["text"]
             with_think += has_tag
-            if thinking:
-                text = out["text"].strip()
-                well_formed += (
-                    text.startswith("<think>")
-                    and text.count("<think>") == 1
-                    and text.count("</think>") == 1
-                    and bool(out["content"].strip())
-                )
-            else:
-                well_formed += not has_tag and bool(out["content"].strip())
+            well_formed += is_well_formed(out["text"], thinking)
             thinking_tokens += out["num_thinking_tokens"]
             verbose += (out.get("reasoning_content") or "").split()[:1] == ["cell"]
             outputs_all.append(out)

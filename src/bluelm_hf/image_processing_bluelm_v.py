@@ -3,48 +3,47 @@
 An image becomes a grid of `tile_size` x `tile_size` tiles plus, when the grid has more than one tile, a global
 thumbnail tile:
 
-1. Inputs are loaded and made upright RGB (EXIF orientation, alpha composited onto white, 16-bit scaled to 8-bit).
+1. Every input (path, URL, base64, bytes, PIL image, array) is loaded as an upright RGB image by
+   `image_loading.load_image` (EXIF orientation, alpha composited onto white, 16-bit scaled to 8-bit, pixel limit
+   checked from the header).
 2. If the longer side exceeds `max_image_side`, the size is scaled down (aspect kept) so it equals `max_image_side`.
 3. `select_best_grid` picks `num_rows` x `num_cols` tiles for that size.
 4. The image is resized (aspect kept, one resize from the original pixels) to fit `num_cols*tile` x `num_rows*tile`,
    padded with black, centered like LLaVA-NeXT, and split into tiles row-major.
 5. The thumbnail (whole image resized to fit `tile` x `tile`, padded the same way) comes last.
 
-Bad inputs (no pixels, corrupt or truncated data, more than `PIL.Image.MAX_IMAGE_PIXELS` pixels) raise a ValueError
-that names the image's index and the numbers. Local files and bytes are opened with PIL here so they get the same
-conversion as PIL images; URLs and base64 strings go through transformers' `fetch_images`.
+Bad inputs (no pixels, corrupt or truncated data, more than `PIL.Image.MAX_IMAGE_PIXELS` pixels, HTTP errors,
+timeouts) raise a ValueError that names the image's index and the numbers.
 
 Output (`BatchFeature`):
     pixel_values: (total_tiles, 3, tile_size, tile_size) float32, all tiles of all images, image order then tile order.
     image_grids: (num_images, 2) int64, (num_rows, num_cols) per image.
 
-Two backends with the same behaviour: `BlueLMVImageProcessor` (torchvision, the default) and
-`BlueLMVImageProcessorPil` (PIL/NumPy). Everything but resizing and array allocation lives once, in
-`BlueLMVImageProcessingMixin`.
+This file holds the AnyRes plan (the one owner of tile and token counts: `plan_anyres`, `num_tiles_for_grid`,
+`tokens_per_tile`), the backend-independent `BlueLMVImageProcessingMixin` and the torchvision backend
+`BlueLMVImageProcessor` (the default). The PIL/NumPy backend, `BlueLMVImageProcessorPil`, is in
+`image_processing_pil_bluelm_v.py`, as transformers splits its processors.
 
-This file is shipped next to checkpoints as remote code, so it imports only torch, torchvision, PIL, numpy and
-transformers.
+This file is shipped next to checkpoints as remote code, so it imports only torch, torchvision, PIL, numpy,
+transformers and its sibling `image_loading.py`.
 """
 
-import io
 import itertools
 import math
-import os
-import re
 from typing import NamedTuple
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
-from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .image_loading import load_image, load_images, to_rgb  # noqa: F401  (to_rgb: re-exported for the Space)
+
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
 SIGLIP_STD = [0.5, 0.5, 0.5]
-_EXIF_ORIENTATION = 0x0112
 
 
 # ---------------------------------------------------------------------------------------------- grid selection
@@ -132,7 +131,7 @@ class AnyResPlan(NamedTuple):
 
     @property
     def num_tiles(self) -> int:
-        return self.num_rows * self.num_cols + int(self.has_thumbnail)
+        return num_tiles_for_grid(self.num_rows, self.num_cols, use_thumbnail=self.has_thumbnail)
 
 
 def limit_image_side(height: int, width: int, max_image_side: int | None) -> tuple[int, int]:
@@ -165,121 +164,21 @@ def plan_anyres(
     rows, cols = select_best_grid(width, height, tile_size, max_grid_size, alpha)
     resized_h, resized_w = fit_size(height, width, rows * tile_size, cols * tile_size)
     thumb_h, thumb_w = 0, 0
-    if use_thumbnail and rows * cols > 1:
+    if num_tiles_for_grid(rows, cols, use_thumbnail) > rows * cols:
         thumb_h, thumb_w = fit_size(height, width, tile_size, tile_size)
     return AnyResPlan(rows, cols, resized_h, resized_w, thumb_h, thumb_w)
 
 
 def tokens_per_tile(tile_size: int = 384, patch_size: int = 14, downsample_factor: int = 2) -> int:
     """LLM tokens of one tile: (tile // patch) patches per side, merged in downsample x downsample windows after
-    padding to a multiple (27 -> 28 -> 14 per side -> 196 for 384 / 14 / 2)."""
+    padding to a multiple (27 -> 28 -> 14 per side -> 196 for 384 / 14 / 2). The one formula: the configuration's
+    `image_tokens_per_tile` calls this."""
     for name, value in (("tile_size", tile_size), ("patch_size", patch_size), ("downsample_factor", downsample_factor)):
         _check_positive_int(name, value)
     if patch_size > tile_size:
         raise ValueError(f"patch_size ({patch_size}) must not exceed tile_size ({tile_size})")
     side = math.ceil((tile_size // patch_size) / downsample_factor)
     return side * side
-
-
-# ------------------------------------------------------------------------------------------------ input handling
-def _describe_source(source) -> str:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"{len(source)} bytes"
-    text = str(source)
-    return repr(text if len(text) <= 120 else text[:100] + f"... ({len(text)} characters)")
-
-
-def _pixel_limit_error(index: int, width: int, height: int) -> ValueError | None:
-    limit = PIL.Image.MAX_IMAGE_PIXELS
-    if limit is None or width * height <= limit:
-        return None
-    return ValueError(
-        f"image {index} of {width}x{height} = {width * height} pixels exceeds the limit of {limit} pixels "
-        "(PIL.Image.MAX_IMAGE_PIXELS); it may be a decompression bomb. If you trust it, raise "
-        "PIL.Image.MAX_IMAGE_PIXELS (None disables the check) or downscale it first."
-    )
-
-
-def _open_pil(fp, index: int, source) -> PIL.Image.Image:
-    """PIL.Image.open (lazy: reads the header only) with errors people can act on."""
-    try:
-        return PIL.Image.open(fp)
-    except PIL.Image.DecompressionBombError as error:  # PIL raises above 2 x MAX_IMAGE_PIXELS
-        numbers = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(error))
-        what = (
-            f"{numbers.group(1)} pixels exceeds the limit of {numbers.group(2)} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS)"
-            if numbers
-            else str(error)
-        )
-        raise ValueError(
-            f"image {index} ({_describe_source(source)}): {what}; it may be a decompression bomb. If you trust it, "
-            "raise PIL.Image.MAX_IMAGE_PIXELS (None disables the check)."
-        ) from error
-    except PIL.UnidentifiedImageError as error:
-        raise ValueError(
-            f"image {index} ({_describe_source(source)}) is not in an image format PIL recognises: the data is "
-            "corrupt, truncated, or not an image"
-        ) from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(
-            f"image {index} ({_describe_source(source)}) could not be read as an image: {error}. "
-            "Is the file corrupt, truncated or not an image?"
-        ) from error
-
-
-def _flatten_sources(images) -> list:
-    """A flat list of single images from an image, a (nested) list of them, or 4D arrays/tensors (batches)."""
-    if isinstance(images, (list, tuple)):
-        return [leaf for item in images for leaf in _flatten_sources(item)]
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        return list(images)
-    return [images]
-
-
-def _spatial_size(array) -> tuple[int, int]:
-    """(width, height) of a 2D, CHW or HWC array, channels inferred like transformers (first axis if 1, 3 or 4)."""
-    shape = tuple(array.shape)
-    if len(shape) == 2:
-        return shape[1], shape[0]
-    if shape[0] in (1, 3, 4):
-        return shape[2], shape[1]
-    return shape[1], shape[0]
-
-
-def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """8-bit values for a single-channel high-bit-depth or float image.
-
-    I;16*: 0..65535 -> 0..255. I (int32) and F (float) carry no range, so: I values within 0..255 are taken as 8-bit
-    and within 0..65535 as 16-bit; F values within 0..1 are scaled by 255 and within 0..255 kept; anything else is
-    stretched min..max to 0..255. NaN and infinities count as 0.
-    """
-    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
-        values = values * (255.0 / 65535.0)
-    elif mode == "F" and lo >= 0 and hi <= 1:
-        values = values * 255.0
-    elif lo < 0 or hi > 255:
-        values = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """An upright RGB version of a (loaded) PIL image: EXIF orientation applied, transparency composited onto white,
-    palette expanded, CMYK/YCbCr/1-bit converted, 16-bit and float single-channel scaled (not clipped) to 8 bits."""
-    if image.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1):
-        image = PIL.ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        gray = _scale_to_uint8(np.asarray(image), mode)
-        return PIL.Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), mode="RGB")
-    if "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
-        rgba = image.convert("RGBA")  # also un-premultiplies RGBa/La and applies P/L/RGB "transparency"
-        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 # ------------------------------------------------------------------------------------------------ processor
@@ -292,9 +191,9 @@ class BlueLMVImageProcessorKwargs(ImagesKwargs, total=False):
     use_thumbnail (`bool`, *optional*, defaults to `True`): append a global thumbnail tile to multi-tile grids.
     patch_size (`int`, *optional*, defaults to 14): ViT patch size, for token counts.
     downsample_factor (`int`, *optional*, defaults to 2): side of the token-merging window, for token counts.
-    crop_to_patches (`bool`, *optional*, defaults to `True`): InternVL's name for AnyRes tiling, accepted so that
-        InternVL-aware code (TRL's GRPOTrainer counts tiles this way) works unchanged. `False` is the same as
-        `max_grid_size=1`: the whole image as one tile.
+    crop_to_patches (`bool`, *optional*, defaults to `True`): InternVL's name for tiling, accepted because TRL's
+        GRPO/RLOO/distillation trainers count tiles with `image_processor(images, crop_to_patches=True)["num_patches"]`.
+        Only `True` is valid.
     """
 
     tile_size: int
@@ -308,7 +207,7 @@ class BlueLMVImageProcessorKwargs(ImagesKwargs, total=False):
 
 
 class BlueLMVImageProcessingMixin:
-    """Backend-independent AnyRes logic. A backend supplies `_resize_to`, `_empty`, `_permute` and `_affine_`, and
+    """Backend-independent AnyRes logic. A backend supplies `resize`, `_empty`, `_permute` and `_affine_`, and
     receives images as channels-first arrays/tensors from its `process_image`."""
 
     # `image_grids` and `num_patches` (tiles per image, InternVL's name) describe the tiling; the processor uses
@@ -372,19 +271,14 @@ class BlueLMVImageProcessingMixin:
         """
         if "size" in kwargs or "tile_size" in kwargs:
             kwargs = self._sync_size_and_tile_size(kwargs, default_tile_size=self.tile_size)
-        return super().preprocess(images, **self._resolve_crop_to_patches(kwargs))
+        return super().preprocess(images, **self._check_crop_to_patches(kwargs))
 
     @staticmethod
-    def _resolve_crop_to_patches(kwargs: dict) -> dict:
-        """`crop_to_patches=False` (InternVL's "no tiling") as what it means here: `max_grid_size=1`."""
-        if kwargs.get("crop_to_patches") is not False:
-            return kwargs
-        if kwargs.get("max_grid_size") not in (None, 1):
-            raise ValueError(
-                f"crop_to_patches=False means one tile per image, which contradicts max_grid_size="
-                f"{kwargs['max_grid_size']}; pass one of the two"
-            )
-        return {**kwargs, "max_grid_size": 1}
+    def _check_crop_to_patches(kwargs: dict) -> dict:
+        if kwargs.get("crop_to_patches") is False:
+            raise ValueError("crop_to_patches=False is not supported: this processor always tiles; pass max_grid_size=1 "
+                             "for one tile per image")
+        return kwargs
 
     # ---- token counts (the processor expands image placeholders with these)
     def _setting(self, name: str, images_kwargs: dict | None):
@@ -394,7 +288,7 @@ class BlueLMVImageProcessingMixin:
 
     def get_anyres_plan(self, height: int, width: int, images_kwargs: dict | None = None) -> AnyResPlan:
         """The tiling of a `height` x `width` image under this processor's settings (overridable per call)."""
-        images_kwargs = self._resolve_crop_to_patches(images_kwargs or {})
+        images_kwargs = self._check_crop_to_patches(images_kwargs or {})
         return plan_anyres(
             height,
             width,
@@ -425,92 +319,27 @@ class BlueLMVImageProcessingMixin:
         num_rows, num_cols = (int(v) for v in image_grid)
         return num_tiles_for_grid(num_rows, num_cols, self.use_thumbnail if use_thumbnail is None else use_thumbnail)
 
-    # ---- loading and validation, shared by both backends
-    def _fetch_one(self, source, index: int):
-        if isinstance(source, os.PathLike):
-            source = os.fspath(source)
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return _open_pil(io.BytesIO(bytes(source)), index, source)
-        if not isinstance(source, str):
-            return source
-        is_url = source.startswith(("http://", "https://"))
-        if not is_url and os.path.isfile(source):
-            # Opened here rather than by the base loader, which converts to RGB itself (dropping alpha instead of
-            # compositing, clipping 16-bit) and, in the torchvision backend, has no decompression-bomb limit.
-            return _open_pil(source, index, source)
-        try:
-            image = super().fetch_images(source)  # URLs and base64 strings
-        except PIL.Image.DecompressionBombError as error:
-            raise ValueError(f"image {index} ({_describe_source(source)}): {error}") from error
-        except Exception as error:
-            kind = "URL" if is_url else "source (not an existing file, an http(s) URL or base64 image data)"
-            raise ValueError(
-                f"image {index}: could not load an image from {kind} {_describe_source(source)}: "
-                f"{type(error).__name__}: {str(error)[:300]}"
-            ) from error
-        if isinstance(image, torch.Tensor) and (limit_error := _pixel_limit_error(index, *_spatial_size(image))):
-            raise limit_error
-        return image
-
+    # ---- loading: every source through `image_loading.load_image`, so all give the same upright RGB image
     def fetch_images(self, image_url_or_urls):
-        """Load paths, URLs, base64 strings and bytes (nested lists kept); other inputs pass through."""
+        """Load every image (paths, URLs, base64, bytes, PIL images, arrays) as RGB PIL images, nested lists kept."""
         counter = itertools.count()
 
         def fetch(item):
             if isinstance(item, (list, tuple)):
                 return [fetch(inner) for inner in item]
-            return self._fetch_one(item, next(counter))
+            return load_image(item, next(counter))
 
         return fetch(image_url_or_urls)
 
-    def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
-        return [self._fetch_one(source, index) for index, source in enumerate(_flatten_sources(images))]
-
-    @staticmethod
-    def _check_and_convert(image, index: int, do_convert_rgb: bool):
-        """Reject empty or oversized images and decode PIL images to upright RGB."""
-        if isinstance(image, PIL.Image.Image):
-            width, height = image.size
-            if width == 0 or height == 0:
-                raise ValueError(f"image {index} has size {width}x{height} (width x height); it has no pixels")
-            if limit_error := _pixel_limit_error(index, width, height):
-                raise limit_error
-            try:
-                image.load()
-            except Exception as error:  # any decoder failure means a corrupt or truncated file
-                name = getattr(image, "filename", "") or "in-memory image"
-                raise ValueError(
-                    f"image {index} ({name!r}, {image.format or 'unknown'} {width}x{height}, mode {image.mode}) "
-                    f"could not be decoded: {error}. The file is corrupt or truncated."
-                ) from error
-            if not do_convert_rgb:
-                return PIL.ImageOps.exif_transpose(image)
-            try:
-                return to_rgb(image)
-            except ValueError as error:
-                raise ValueError(f"image {index} has PIL mode {image.mode!r}, which cannot be converted to RGB: "
-                                 f"{error}") from error
-        if isinstance(image, (np.ndarray, torch.Tensor)):
-            if image.ndim not in (2, 3):
-                raise ValueError(f"image {index} is an array of shape {tuple(image.shape)}; expected (H, W), "
-                                 "(C, H, W) or (H, W, C) with C in 1, 3, 4, or a 4D batch of those")
-            if 0 in tuple(image.shape):
-                width, height = _spatial_size(image)
-                raise ValueError(f"image {index} has size {width}x{height} (width x height, array shape "
-                                 f"{tuple(image.shape)}); it has no pixels")
-            return image[None] if image.ndim == 2 else image  # (H, W) grayscale -> (1, H, W), for both backends
-        raise ValueError(f"image {index} has unsupported type {type(image).__name__}; pass a PIL image, a numpy "
-                         "array, a torch tensor, a path, a URL, base64 data or bytes")
-
     def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, **kwargs) -> list:
-        images = self._prepare_images_structure(images, expected_ndims=expected_ndims)
-        do_convert_rgb = kwargs.get("do_convert_rgb")
-        return [
-            self.process_image(self._check_and_convert(image, index, do_convert_rgb), *args, **kwargs)
-            for index, image in enumerate(images)
-        ]
+        return [self.process_image(image, *args, **kwargs) for image in load_images(images)]
 
     # ---- tiling
+    def _resize_to(self, image, height: int, width: int, resample):
+        if tuple(image.shape[-2:]) == (height, width):
+            return image
+        return self.resize(image, SizeDict(height=height, width=width), resample=resample)
+
     def _pad_centered(self, image, height: int, width: int):
         """`image` (C, h, w) centered on a black (C, height, width) canvas; split like LLaVA-NeXT (extra pixel at the
         bottom/right)."""
@@ -602,18 +431,11 @@ class BlueLMVImageProcessingMixin:
 class BlueLMVImageProcessor(BlueLMVImageProcessingMixin, TorchvisionBackend):
     """BlueLM-V AnyRes image processor, torchvision backend (the default). See the module docstring."""
 
-    def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, **kwargs):
-        if isinstance(image, PIL.Image.Image) and image.mode == "RGB":
-            # A (C, H, W) view of the (H, W, C) pixels, not made contiguous: channels-last uint8 resizes ~4x faster
-            # in torch, and the copy is saved.
-            image = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-            return image if device is None else image.to(device)
-        return super().process_image(image, do_convert_rgb, input_data_format, device, **kwargs)
-
-    def _resize_to(self, image: torch.Tensor, height: int, width: int, resample) -> torch.Tensor:
-        if tuple(image.shape[-2:]) == (height, width):
-            return image
-        return self.resize(image, SizeDict(height=height, width=width), resample=resample)
+    def process_image(self, image: PIL.Image.Image, *args, device=None, **kwargs) -> torch.Tensor:
+        """`image`, an RGB PIL image from `load_image`, as a (C, H, W) uint8 view of its (H, W, C) pixels, not made
+        contiguous: channels-last uint8 resizes ~4x faster in torch, and the copy is saved."""
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        return tensor if device is None else tensor.to(device)
 
     @staticmethod
     def _empty(shape, like: torch.Tensor, float32: bool = False) -> torch.Tensor:
@@ -629,38 +451,15 @@ class BlueLMVImageProcessor(BlueLMVImageProcessingMixin, TorchvisionBackend):
         return tensor.permute(*dims)
 
 
-class BlueLMVImageProcessorPil(BlueLMVImageProcessingMixin, PilBackend):
-    """BlueLM-V AnyRes image processor, PIL/NumPy backend. Same output as `BlueLMVImageProcessor` up to resampling."""
-
-    def _resize_to(self, image: np.ndarray, height: int, width: int, resample) -> np.ndarray:
-        if tuple(image.shape[-2:]) == (height, width):
-            return image
-        return self.resize(image, SizeDict(height=height, width=width), resample=resample)
-
-    @staticmethod
-    def _empty(shape, like: np.ndarray, float32: bool = False) -> np.ndarray:
-        return np.empty(shape, dtype=np.float32 if float32 else like.dtype)
-
-    @staticmethod
-    def _affine_(array: np.ndarray, multiplier: float, offset: float) -> None:
-        array *= multiplier
-        array += offset
-
-    @staticmethod
-    def _permute(array: np.ndarray, dims) -> np.ndarray:
-        return array.transpose(*dims)
-
-
 __all__ = [
     "AnyResPlan",
     "BlueLMVImageProcessor",
-    "BlueLMVImageProcessorPil",
+    "BlueLMVImageProcessingMixin",
     "candidate_grids",
     "fit_size",
     "limit_image_side",
     "num_tiles_for_grid",
     "plan_anyres",
     "select_best_grid",
-    "to_rgb",
     "tokens_per_tile",
 ]

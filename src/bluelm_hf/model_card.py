@@ -4,7 +4,7 @@
     bluelm-hf card runs/nano-sft --eval-json eval.jsonl --out runs/nano-sft/README.md
     bluelm-hf card runs/nano-sft --run-eval --budgets 0,2,4,8,unlimited  # or let `card` run the evaluations
 
-`render_card` fills `model_cards/template.md.j2` (Jinja, through `huggingface_hub.ModelCard.from_template`) with:
+`render_card` fills `assets/model_card.md.j2` (package data) (Jinja, through `huggingface_hub.ModelCard.from_template`) with:
 
 - facts read from the checkpoint: its config (vision tower, LLM, AnyRes settings) and parameter counts from the
   safetensors headers (no weights are loaded);
@@ -23,9 +23,9 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-#: The card template. It lives beside the other cards in the repository (model_cards/), not in the wheel: writing
-#: cards is a maintainer's job, done from a checkout. Pass `template=` to use another one.
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "template.md.j2"
+#: The card template, shipped in the package so `bluelm-hf card` works from an install. Pass `template=` to use
+#: another one.
+DEFAULT_TEMPLATE = Path(__file__).with_name("assets") / "model_card.md.j2"
 
 REQUIRED_EVAL_FIELDS = ("accuracy", "n", "thinking")
 EVAL_TASK = "nano task, held-out split"  # what `evaluate_nano` measures
@@ -304,8 +304,8 @@ def render_card(
     template_path = Path(template) if template is not None else DEFAULT_TEMPLATE
     if not template_path.is_file():
         raise FileNotFoundError(
-            f"card template {template_path} not found; it lives in the repository's model_cards/ (run from a checkout) "
-            "or pass template=PATH"
+            f"card template {template_path} not found; pass template=PATH (the default ships as "
+            "bluelm_hf/assets/model_card.md.j2)"
         )
     card = ModelCard.from_template(
         card_data,
@@ -369,7 +369,7 @@ def add_card_subcommand(subparsers):
     parser = subparsers.add_parser(
         "card",
         help="write a model card from `bluelm-hf eval --json` results",
-        description="Render a model card from a checkpoint and its evaluation results (model_cards/template.md.j2).",
+        description="Render a model card from a checkpoint and its evaluation results (bluelm_hf/assets/model_card.md.j2).",
     )
     parser.add_argument("model", help="saved BlueLM model directory")
     parser.add_argument("--eval-json", nargs="+", default=[], metavar="FILE",

@@ -81,6 +81,7 @@ from .configuration_bluelm_v import (
     THINK_MODE_TOKEN,
     THINK_START_TOKEN,
 )
+from .rewards import normalize_answer
 
 # Any two palette colours are >= 188 apart in L1 RGB distance (>= 68 after the per-cell jitter), and all
 # are far from the dark background, so a 112 px tile's bicubic blur never turns one into another.
@@ -485,18 +486,9 @@ def _sft_rows(job: tuple[int, str, int, list[str]]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- scoring
-_STRIP = re.compile(r"^[\s.,!?:;\"']+|[\s.,!?:;\"']+$")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, `</s>` removed, whitespace collapsed, surrounding punctuation stripped."""
-    text = " ".join(text.replace(EOS_TOKEN, " ").lower().split())
-    return _STRIP.sub("", text)
-
-
 def score(prediction: str, answer: str) -> bool:
     """Normalised exact match of a final answer (the text after `</think>`, not the whole completion)."""
-    return normalize_answer(prediction) == normalize_answer(answer)
+    return normalize_answer(prediction.replace(EOS_TOKEN, " ")) == normalize_answer(answer)
 
 
 # --------------------------------------------------------------------------------------- tokenizer

@@ -22,7 +22,8 @@ prompt repeated G times, usually but not necessarily next to each other, which i
 prompt content rather than by position.
 
 Completions are decoded with `skip_special_tokens=True`; BlueLM keeps `<think>` / `</think>` as non-special
-tokens so they survive it, and a trailing `</s>` is ignored wherever it survives.
+tokens so they survive it. Where completions still carry the EOS string (decoded without skipping), pass
+`eos_token=tokenizer.eos_token` (to each reward, or once to `build_reward_funcs`) and it is removed first.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from typing import Any
 from .configuration_bluelm_v import AI_TOKEN, HUMAN_TOKEN, THINK_END_TOKEN, THINK_MODE_TOKEN, THINK_START_TOKEN
 from .thinking import parse_response
 
-EOS_TOKEN = "</s>"  # BlueLM's eos: the chat template ends every assistant turn with it
 # Markup the chat template never puts inside an assistant turn: finding one means the model wrote a second turn
 # or a stray mode switch.
 _FOREIGN_MARKUP = (THINK_MODE_TOKEN, HUMAN_TOKEN, AI_TOKEN)
@@ -64,8 +64,8 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def completion_text(completion: Any) -> str:
-    """The text of one completion in either TRL format.
+def completion_text(completion: Any, eos_token: str | None = None) -> str:
+    """The text of one completion in either TRL format, with every `eos_token` (if given) removed.
 
     A string is returned as is. For conversational completions (a list of messages) it is the last assistant
     message's text; a `reasoning_content` field (what a tokenizer's response parser splits off) is put back as
@@ -73,7 +73,7 @@ def completion_text(completion: Any) -> str:
     no assistant message, garbage) is the empty string.
     """
     if isinstance(completion, str):
-        return completion
+        return completion.replace(eos_token, "") if eos_token else completion
     if isinstance(completion, dict):
         message = completion
     elif isinstance(completion, (list, tuple)):
@@ -87,12 +87,12 @@ def completion_text(completion: Any) -> str:
     reasoning = message.get("reasoning_content")
     if isinstance(reasoning, str) and reasoning.strip() and THINK_END_TOKEN not in text:
         text = f"{THINK_START_TOKEN}{reasoning}{THINK_END_TOKEN}{text}"
-    return text
+    return completion_text(text, eos_token)
 
 
-def answer_text(completion: Any) -> str:
+def answer_text(completion: Any, eos_token: str | None = None) -> str:
     """The answer part of a completion: the text outside `<think>...</think>` (empty if thinking was cut off)."""
-    return parse_response(completion_text(completion), eos_token=EOS_TOKEN)["content"]
+    return parse_response(completion_text(completion, eos_token), eos_token=None)["content"]
 
 
 # ------------------------------------------------------------------------------------------------ accuracy
@@ -104,15 +104,15 @@ _NUMBER = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+|\d+/\d
 
 
 def normalize_answer(text: str) -> str:
-    """NFKC (full-width digits and punctuation become ASCII), `</s>` removed, lower case, whitespace collapsed,
-    surrounding punctuation stripped."""
-    text = unicodedata.normalize("NFKC", text).replace(EOS_TOKEN, " ").lower()
+    """NFKC (full-width digits and punctuation become ASCII), lower case, whitespace collapsed, surrounding
+    punctuation stripped. The one answer normalisation (`nano_task.score` uses it too)."""
+    text = unicodedata.normalize("NFKC", text).lower()
     return _SURROUNDING_PUNCTUATION.sub("", " ".join(text.split()))
 
 
 def parse_number(text: str) -> Fraction | None:
     """The exact value of an answer that is one plain number ("3", " 3.0 ", "1,000", "-.5", "1/2"), else None."""
-    text = unicodedata.normalize("NFKC", text).replace(EOS_TOKEN, " ").strip().rstrip(".。")
+    text = unicodedata.normalize("NFKC", text).strip().rstrip(".。")
     if len(text) > 100 or not _NUMBER.fullmatch(text):
         return None
     try:
@@ -133,7 +133,12 @@ def answers_match(prediction: str, reference: str) -> bool:
 
 
 def accuracy_reward(
-    prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any], score_fn: ScoreFn | None = None, **kwargs
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    answer: Sequence[Any],
+    score_fn: ScoreFn | None = None,
+    eos_token: str | None = None,
+    **kwargs,
 ) -> list[float | None]:
     """1.0 if a completion's answer part matches its row's `answer`, else 0.0; None where `answer` is None.
 
@@ -152,7 +157,7 @@ def accuracy_reward(
         if reference is None:
             rewards.append(None)  # TRL turns None into NaN, which leaves the row out of this reward
         else:
-            rewards.append(float(score_fn(answer_text(completion), str(reference))))
+            rewards.append(float(score_fn(answer_text(completion, eos_token), str(reference))))
     return rewards
 
 
@@ -176,8 +181,10 @@ def thinking_mode(prompt: Any, flag: Any = None) -> bool | None:
     return None
 
 
-def _well_formed(text: str, thinking: bool) -> bool:
-    text = text.replace(EOS_TOKEN, "").strip()
+def is_well_formed(text: str, thinking: bool) -> bool:
+    """Whether a completion's text (EOS removed) has the shape of its mode (see `format_reward`). The one
+    definition: `evaluation.evaluate_nano` counts `well_formed` with it."""
+    text = text.strip()
     if any(marker in text for marker in _FOREIGN_MARKUP):
         return False
     if not thinking:
@@ -190,14 +197,18 @@ def _well_formed(text: str, thinking: bool) -> bool:
 
 
 def format_reward(
-    prompts: Sequence[Any], completions: Sequence[Any], thinking: Sequence[Any] | bool | None = None, **kwargs
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    thinking: Sequence[Any] | bool | None = None,
+    eos_token: str | None = None,
+    **kwargs,
 ) -> list[float]:
     """1.0 if a completion has the shape of its mode, else 0.0.
 
     - thinking mode: `<think>reasoning</think>answer`: one think block at the very start, non-empty reasoning,
       non-empty answer, no other think tag;
     - non-thinking mode: a non-empty answer without any think tag;
-    - in both, none of `[|BlueThink|]`, `[|Human|]:`, `[|AI|]:`; surrounding whitespace and `</s>` are ignored;
+    - in both, none of `[|BlueThink|]`, `[|Human|]:`, `[|AI|]:`; surrounding whitespace and `eos_token` are ignored;
     - unknown mode (conversational prompt and no bool `thinking`): either shape counts.
 
     The mode comes from `thinking_mode(prompt, flag)`. `thinking` is a dataset column (one bool per row; other
@@ -209,10 +220,10 @@ def format_reward(
     prompts = prompts if prompts is not None and len(prompts) == len(completions) else [None] * len(completions)
     rewards = []
     for i, completion in enumerate(completions):
-        text = completion_text(completion)
+        text = completion_text(completion, eos_token)
         mode = thinking_mode(prompts[i], flags[i] if flags is not None else thinking)
         modes = (True, False) if mode is None else (mode,)
-        rewards.append(float(any(_well_formed(text, m) for m in modes)))
+        rewards.append(float(any(is_well_formed(text, m) for m in modes)))
     return rewards
 
 
@@ -224,7 +235,12 @@ _WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 
 
 def repetition_reward(
-    prompts: Sequence[Any], completions: Sequence[Any], ngram_size: int = 3, max_penalty: float = -1.0, **kwargs
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    ngram_size: int = 3,
+    max_penalty: float = -1.0,
+    eos_token: str | None = None,
+    **kwargs,
 ) -> list[float]:
     """`max_penalty * (1 - unique n-grams / n-grams)` over a completion's lower-cased words, in `[max_penalty, 0]`.
 
@@ -238,7 +254,7 @@ def repetition_reward(
         raise ValueError(f"max_penalty must be <= 0 (it is the reward of a fully repetitive text), got {max_penalty}")
     rewards = []
     for completion in completions:
-        words = _WORD.findall(completion_text(completion).replace(EOS_TOKEN, " ").lower())
+        words = _WORD.findall(completion_text(completion, eos_token).lower())
         if len(words) < ngram_size:
             rewards.append(0.0)
             continue
@@ -305,12 +321,14 @@ def group_keys(prompts: Sequence[Any] | None, n: int, prompt_id: Sequence[Any] |
     return [prompt_key(p) for p in prompts]
 
 
-def completion_lengths(completions: Sequence[Any], completion_ids: Sequence[Any] | None = None) -> list[int]:
+def completion_lengths(
+    completions: Sequence[Any], completion_ids: Sequence[Any] | None = None, eos_token: str | None = None
+) -> list[int]:
     """Length of each whole completion: tokens from `completion_ids` if given (TRL always gives them), else
-    characters of the text without `</s>`."""
+    characters of the text without `eos_token`."""
     if completion_ids is not None and len(completion_ids) == len(completions):
         return [len(ids) if ids is not None else 0 for ids in completion_ids]
-    return [len(completion_text(c).replace(EOS_TOKEN, "")) for c in completions]
+    return [len(completion_text(c, eos_token)) for c in completions]
 
 
 def soft_overlong_punishment(length: int, max_length: int, cache_length: int = 0) -> float:
@@ -334,58 +352,19 @@ def group_overlong_reward(
     max_length: int | None = None,
     cache_length: int = 0,
     score_fn: ScoreFn | None = None,
+    eos_token: str | None = None,
     **kwargs,
 ) -> list[float]:
-    r"""Group Overlong: penalise a correct completion for the share of its length beyond the shortest correct
-    completion of its group.
-
-    For completion i of group g (all completions of the same prompt in the batch), with length L_i and
-    C_g = lengths of g's correct completions:
+    r"""Group Overlong (BlueLM-2.5-3B's RLVR length term; the paper gives no formula, this one is ours): penalise a
+    correct completion for the share of its length beyond the shortest correct completion of its group.
 
         r_i = -length_penalty * max(0, L_i - (1 + tolerance) * min(C_g)) / L_i     if i is correct
         r_i = 0                                                                    if i is incorrect
 
-    plus, if `max_length` is set, DAPO's `soft_overlong_punishment(L_i, max_length, cache_length)` on every
-    completion (off by default).
-
-    Bounds: r_i in [-length_penalty, 0] (the cap adds [-1, 0]); the shortest correct completion, every completion
-    of a group whose correct ones are equally long, and every incorrect one get 0.
-
-    `tolerance` (>= 0) is a free margin: correct completions up to (1 + tolerance) x the shortest correct one are
-    not penalised, and beyond it only the excess over the margin counts. Over-thinking is a matter of large
-    factors (a trace twice as long as needed); a completion 5% shorter than its neighbours is more often one that
-    skipped a step and was lucky. With tolerance 0, rollouts of one reasoning style that differ by a token or two
-    still get a length signal, and after GRPO's per-group normalisation (`scale_rewards="group"`) even that small
-    difference becomes a full-size advantage that teaches skipping. 0.25 ignores such jitter and still charges a
-    2x trace 37.5% of `length_penalty`.
-
-    Why this shape. It keeps what Kimi k1.5's length penalty (arXiv 2501.12599) gets right and changes
-    two things:
-
-    - Kimi: lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min) over the group; correct get lambda_i, incorrect
-      min(0, lambda_i). Kept: relative to the group, so it measures over-thinking on *this* problem and is scale
-      invariant (multiplying all lengths by k changes nothing); only shortness among correct answers earns reward.
-    - Changed: the reference is the shortest *correct* completion, and the penalty is the share of i's own tokens
-      beyond it, not a min-max rank over the whole group. So a quick wrong guess never sets the bar for correct
-      answers, one runaway sample does not squash everyone else's penalty to ~0, and the value has a meaning
-      ("40% of these tokens were not needed") that survives `scale_rewards="none"`. It is a pure penalty: 0 for
-      the most concise correct answer.
-    - Changed: incorrect completions are length-neutral (0), not min(0, lambda). Penalising long wrong answers
-      teaches the model to guess early when unsure (TRL's cosine-scaled reward, after Demystifying Long CoT,
-      even rewards long wrong answers for this reason), and accuracy growing with the thinking budget is the very
-      behaviour BlueLM's thinking mode relies on. Runaway length is the job of the optional absolute cap and of
-      `repetition_reward`.
-
-    Length is the whole completion in tokens (`completion_lengths`), not the reasoning alone: counting only the
-    reasoning would pay the model to move reasoning past `</think>`, and every token costs the same decode
-    latency on a phone. Correctness reuses `accuracy_reward` (with `score_fn`); full credit (>= 1) is correct.
-    Length never outranks correctness: r_i > -length_penalty (the shortest correct completion is not empty), so
-    with reward weights w_acc and w_len, a correct completion beats every incorrect one of its group whenever
-    w_len * length_penalty <= w_acc (cap off).
-
-    Groups are found by `prompt_id` if that column exists, else by prompt content (`group_keys`), never by
-    position, so shuffling a batch shuffles the rewards the same way. TRL computes rewards per process, so in
-    multi-process training a group split across processes is judged on the part each process holds.
+    L_i: completion i's length in tokens (`completion_lengths`); C_g: lengths of the correct completions of i's
+    group (same `prompt_id`, else same prompt content, `group_keys`). With `max_length`, DAPO's
+    `soft_overlong_punishment` (arXiv 2503.14476) is added to every completion. r_i is in [-length_penalty, 0].
+    Why this shape, against Kimi k1.5's length penalty (arXiv 2501.12599): docs/rewards.md.
     """
     if not (math.isfinite(length_penalty) and length_penalty >= 0):
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
@@ -397,8 +376,9 @@ def group_overlong_reward(
             f"the overlong cap needs an int max_length > 0 and an int cache_length in [0, max_length], got "
             f"max_length={max_length!r}, cache_length={cache_length!r}"
         )
-    correct = [r is not None and r >= 1.0 for r in accuracy_reward(prompts, completions, answer, score_fn=score_fn)]
-    lengths = completion_lengths(completions, completion_ids)
+    scores = accuracy_reward(prompts, completions, answer, score_fn=score_fn, eos_token=eos_token)
+    correct = [r is not None and r >= 1.0 for r in scores]
+    lengths = completion_lengths(completions, completion_ids, eos_token)
     keys = group_keys(prompts, len(completions), kwargs.get("prompt_id"))
 
     shortest_correct: dict[str, int] = {}
@@ -450,6 +430,7 @@ def build_reward_funcs(
     weights: dict[str, float],
     *,
     score_fn: ScoreFn | None = None,
+    eos_token: str | None = None,
     options: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[Callable[..., list]], list[float]]:
     """Reward functions and their weights, in `weights`' order, for `GRPOTrainer(reward_funcs=...)` and
@@ -458,6 +439,7 @@ def build_reward_funcs(
     weights: reward name -> weight; names are those of `REWARD_FUNCS` ("accuracy", "format", "repetition",
         "group_overlong").
     score_fn: answer scorer shared by "accuracy" and "group_overlong" (default `answers_match`).
+    eos_token: the tokenizer's EOS string (`tokenizer.eos_token`), removed from completions by every reward.
     options: reward name -> options of that reward, e.g. `{"group_overlong": {"max_length": 1024,
         "cache_length": 256}}`.
     """
@@ -477,6 +459,8 @@ def build_reward_funcs(
         name_options = dict(options.get(name, {}))
         if score_fn is not None and name in ("accuracy", "group_overlong"):
             name_options.setdefault("score_fn", score_fn)
+        if eos_token is not None:
+            name_options.setdefault("eos_token", eos_token)
         funcs.append(get_reward_func(name, **name_options))
         values.append(float(weight))
     return funcs, values
@@ -494,6 +478,7 @@ __all__ = [
     "get_reward_func",
     "group_keys",
     "group_overlong_reward",
+    "is_well_formed",
     "normalize_answer",
     "parse_number",
     "prompt_key",

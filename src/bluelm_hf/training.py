@@ -3,11 +3,12 @@
 - `adapter`: the alignment stage: ViT and LLM frozen, only the projector (downsampler MLP) trains.
 - `full`: everything trains; optionally with a layer-wise learning-rate decay on the ViT
   (`vision_lr_decay`; BlueLM-V-3B used 0.9), so early ViT layers move least.
-- `lora`: the ViT is frozen; PEFT LoRA adapters on the LLM are added by TRL from `--use_peft`
-  (see `recipes/README.md`); the projector stays trainable.
+- `lora`: ViT and LLM weights frozen; PEFT LoRA adapters on the LLM (from `--use_peft --lora_target_modules`,
+  see `recipes/README.md`) and the whole projector (PEFT `modules_to_save`) train.
 """
 
 import re
+import warnings
 
 import torch
 
@@ -53,18 +54,36 @@ def load_pretrained_for_training(model_args):
     return model
 
 
-def apply_train_stage(model, stage: str) -> None:
-    """Set `requires_grad` for a training stage (see module docstring)."""
+def apply_train_stage(model, stage: str, peft_config=None):
+    """Set what trains for a training stage (see module docstring) and return the model to train.
+
+    `full` and `adapter` set `requires_grad` and return `model`. `lora` takes the PEFT config (TRL's
+    `get_peft_config(model_args)` from `--use_peft --lora_target_modules ...`): the projector is added to its
+    `modules_to_save`, so it trains fully, and the returned `PeftModel` trains only that and the LoRA adapters
+    (ViT and LLM weights frozen). Hand that model to the trainer with `peft_config=None`. Without the config it
+    warns: the trainer's own PEFT wrapping would freeze the projector.
+    """
     if stage not in TRAIN_STAGES:
         raise ValueError(f"train_stage must be one of {TRAIN_STAGES}, got {stage!r}")
     if stage == "full":
         model.requires_grad_(True)
-        return
+        return model
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)
-    if stage == "lora":
-        # PEFT wraps the LLM later and makes only its adapters trainable; the LLM's own weights stay frozen.
-        return
+    if stage == "adapter":
+        return model
+    if peft_config is None:  # the trainer will add the adapters and freeze everything else
+        warnings.warn(
+            "train_stage 'lora' without its LoRA config: the trainer's PEFT wrapping will freeze the projector too. "
+            "Pass apply_train_stage(model, 'lora', get_peft_config(model_args)) and hand the returned model to the "
+            "trainer with peft_config=None, or add --lora_modules_to_save multi_modal_projector",
+            stacklevel=2,
+        )
+        return model
+    from peft import get_peft_model
+
+    peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), "multi_modal_projector"})
+    return get_peft_model(model, peft_config)
 
 
 def vision_layer_depth(name: str, num_layers: int) -> int | None:
