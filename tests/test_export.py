@@ -569,3 +569,24 @@ def test_executorch_missing_is_a_clear_error(model_dir, tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"needs the `executorch` package .*pip install executorch"):
         export_model(model_dir, tmp_path / "et", format="executorch")
     assert not (tmp_path / "et" / "decoder.pte").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- bitsandbytes
+
+
+def test_trl_quantization_config_quantizes_the_llm_only(model_dir):
+    """What docs/export.md claims: TRL's `get_quantization_config` (a plain `BitsAndBytesConfig`) leaves the ViT,
+    the projector and the tied lm_head unquantized, through `_keep_in_fp32_modules` and transformers' skip list."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForImageTextToText
+    from trl import ModelConfig, get_quantization_config
+
+    config = get_quantization_config(ModelConfig(load_in_4bit=True, dtype="float32"))
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, quantization_config=config)
+    except Exception as error:  # pragma: no cover - depends on the bitsandbytes build
+        pytest.skip(f"bitsandbytes cannot quantize on this machine: {error}")
+    quantized = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
+    assert quantized and all(name.startswith("model.language_model.") for name in quantized)
+    assert type(model.lm_head) is torch.nn.Linear
+    assert torch.isfinite(model(input_ids=torch.tensor([[5, 6, 7]])).logits).all()
