@@ -116,12 +116,21 @@ def test_fp32_export_layout_and_verification(fp32_export):
     assert "past_key_values.0.key" in names and "past_key_values.1.value" in names
     assert [o["name"] for o in decoder["outputs"]][:2] == ["logits", "present.0.key"]
     assert decoder["inputs"][0]["shape"][:2] == ["batch_size", "sequence_length"]
-    assert manifest["components"]["vision_encoder"]["inputs"][0]["shape"][0] == "num_tiles"
+    # onnxruntime-genai's layout: pixel_values per image, the image merge inside the embedding graph
+    assert manifest["components"]["vision_encoder"]["inputs"][0]["shape"][:2] == ["num_images", "num_tiles"]
+    embed_inputs = manifest["components"]["embed_tokens"]["inputs"]
+    assert [(i["name"], i["shape"][:2]) for i in embed_inputs] == [
+        ("input_ids", ["batch_size", "sequence_length"]),
+        ("image_features", ["num_images", "num_image_tokens"]),
+    ]
+    genai = json.loads((out / "genai_config.json").read_text())["model"]
+    assert genai["embedding"]["inputs"] == {"input_ids": "input_ids", "image_features": "image_features"}
+    assert genai["decoder"]["num_hidden_layers"] == manifest["kv_cache"]["num_layers"]
     for entry in manifest["components"].values():
         for file in entry["files"]:
             assert (out / file).is_file()
     # self-contained: processor, tokenizer, config and chat template next to the graphs
-    for file in ("config.json", "tokenizer.json", "processor_config.json", "export.json"):
+    for file in ("config.json", "tokenizer.json", "processor_config.json", "export.json", "genai_config.json"):
         assert (out / file).is_file(), file
     assert not list(out.glob("*.safetensors"))
     # every file in the folder is one the export recorded writing (what --overwrite may remove), and no staging left

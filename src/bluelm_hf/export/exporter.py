@@ -11,10 +11,19 @@ from pathlib import Path
 import torch
 
 from . import graph_passes
+from .genai import GENAI_CONFIG_FILE, genai_config
 from .destination import MANIFEST_FILE, move_into_place, prepare_out_dir, staging_dir, write_json
 from .quantization import QUANTS, kv_scales, quantization_plan
 from .verification import MIN_VERIFY_TOKENS, ExportVerificationError, verification_sample, verify_export
-from .wrappers import DecoderForExport, EmbedTokensForExport, VisionEncoderForExport, dynamic_shapes, kv_shape, sample_inputs
+from .wrappers import (
+    DecoderForExport,
+    EmbedTokensAndImagesForExport,
+    EmbedTokensForExport,
+    VisionEncoderForExport,
+    dynamic_shapes,
+    kv_shape,
+    sample_inputs,
+)
 
 FORMATS = ("onnx", "executorch")
 KV_CACHE_DTYPES = ("float32", "int8")
@@ -89,11 +98,12 @@ def _export_onnx(model, plan: dict, kv_cache: str, calibration: dict | None, pro
 
     exporter = OnnxExporter()
     static_batch = kv_cache == "int8"
-    samples = sample_inputs(model, batch=1 if static_batch else 2)
-    shapes = dynamic_shapes(model, static_batch=static_batch)
+    # The vision and embedding graphs in onnxruntime-genai's layout (docs/export.md, "onnxruntime-genai").
+    samples = sample_inputs(model, batch=1 if static_batch else 2, per_image=True)
+    shapes = dynamic_shapes(model, static_batch=static_batch, per_image=True)
     modules = {
-        "vision_encoder": VisionEncoderForExport(model).eval(),
-        "embed_tokens": EmbedTokensForExport(model).eval(),
+        "vision_encoder": VisionEncoderForExport(model, per_image=True).eval(),
+        "embed_tokens": EmbedTokensAndImagesForExport(model).eval(),
         "decoder": DecoderForExport(model).eval(),
     }
     components = {}
@@ -359,6 +369,8 @@ def _finalize(
         copied = _copy_processor_files(model_dir, staging)
         manifest = _build_manifest(model, processor, exported, staging, format, quant, kv_cache, plan, copied)
         manifest["source_model_dir"] = str(Path(model_dir).resolve())
+        if format == "onnx" and kv_cache == "float32":
+            write_json(staging / GENAI_CONFIG_FILE, genai_config(manifest))
         manifest["written_files"] = sorted(
             [str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()] + [MANIFEST_FILE]
         )
@@ -450,6 +462,7 @@ def _build_manifest(model, processor, exported, out_dir: Path, format, quant, kv
         "model": {
             "model_type": config.model_type,
             "hidden_size": text.hidden_size,
+            "num_attention_heads": text.num_attention_heads,
             "vocab_size": text.vocab_size,
             "num_hidden_layers": num_layers,
             "image_token_id": config.image_token_id,

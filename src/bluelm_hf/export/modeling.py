@@ -68,6 +68,10 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVPreTrainedModel, Generation
         }
         kv = manifest["kv_cache"]
         self._kv_shape = (kv["num_layers"], kv["num_kv_heads"], kv["head_dim"])
+        # ONNX exports: the onnxruntime-genai layout (pixel_values per image, the image merge in the embedding graph)
+        components = manifest["components"]
+        self._per_image = len(components["vision_encoder"]["inputs"][0]["shape"]) == 5
+        self._merge_in_graph = any(i["name"] == "image_features" for i in components["embed_tokens"]["inputs"])
 
     @classmethod
     def from_pretrained(cls, export_dir: str | os.PathLike, *, device=None, num_threads: int | None = None, **kwargs):
@@ -105,11 +109,13 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVPreTrainedModel, Generation
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(num_tiles, 3, T, T) -> (num_tiles * tokens_per_tile, hidden), in chunks of `vision_batch_size` tiles."""
         chunk = self.config.vision_batch_size or len(pixel_values)
+        tiles = [pixel_values[start : start + chunk].float() for start in range(0, len(pixel_values), chunk)]
         features = [
-            self._run("vision_encoder", pixel_values=pixel_values[start : start + chunk].float())["image_features"]
-            for start in range(0, len(pixel_values), chunk)
+            self._run("vision_encoder", pixel_values=tile[None] if self._per_image else tile)["image_features"]
+            for tile in tiles
         ]
-        return torch.cat(features).reshape(-1, self.config.text_config.hidden_size)
+        hidden = self.config.text_config.hidden_size
+        return torch.cat([feature.reshape(-1, hidden) for feature in features])
 
     def _empty_past(self, batch_size: int) -> list[dict]:
         num_layers, kv_heads, head_dim = self._kv_shape
@@ -141,8 +147,9 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVPreTrainedModel, Generation
                 f"This export's decoder was traced for batch size {self.static_batch} (int8 KV-cache and ExecuTorch "
                 f"exports are batch-1 only), got a batch of {batch_size}; run the prompts one by one"
             )
-        embeds = self._run("embed_tokens", input_ids=input_ids.long())["inputs_embeds"]
         image_positions = input_ids == self.config.image_token_id
+        hidden = self.config.text_config.hidden_size
+        features = torch.zeros(0, hidden)
         if pixel_values is not None and len(pixel_values):
             features = self.get_image_features(pixel_values)
             if features.shape[0] != int(image_positions.sum()):
@@ -150,9 +157,15 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVPreTrainedModel, Generation
                     f"The text has {int(image_positions.sum())} image tokens but the images give {features.shape[0]} "
                     "features; build inputs with the BlueLM processor so each placeholder is expanded to its tiles"
                 )
-            embeds = embeds.masked_scatter(image_positions[..., None], features.to(embeds.dtype))
         elif image_positions.any():
             raise ValueError(f"The text has {int(image_positions.sum())} image tokens but no pixel_values were given")
+        if self._merge_in_graph:
+            embeds = self._run("embed_tokens", input_ids=input_ids.long(), image_features=features[None])
+            embeds = embeds["inputs_embeds"]
+        else:
+            embeds = self._run("embed_tokens", input_ids=input_ids.long())["inputs_embeds"]
+            if len(features):
+                embeds = embeds.masked_scatter(image_positions[..., None], features.to(embeds.dtype))
 
         past_length = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None:
