@@ -19,10 +19,9 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import GenerationMixin, LogitsProcessorList
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..modeling_bluelm_v import BlueLMVPreTrainedModel
+from ..modeling_bluelm_v import BlueLMVForConditionalGeneration, BlueLMVPreTrainedModel
 from .destination import MANIFEST_FILE
 
 COMPONENTS = ("vision_encoder", "embed_tokens", "decoder")
@@ -49,14 +48,16 @@ def read_manifest(export_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-class BlueLMVExportedForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
-    """`BlueLMVForConditionalGeneration`'s interface over an export: `forward` and `generate` take the processor's
-    output (`input_ids`, `attention_mask`, `pixel_values`, `image_grids`)."""
+class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
+    """`BlueLMVForConditionalGeneration` over an export: its `generate` (transformers' plus `thinking_budget`), with a
+    `forward` that runs the exported graphs instead of modules. `forward` and `generate` take the processor's output
+    (`input_ids`, `attention_mask`, `pixel_values`, `image_grids`). It holds no weights: `model`, `lm_head` and the
+    submodule properties of the PyTorch class do not exist here."""
 
     main_input_name = "input_ids"
 
     def __init__(self, config, exported, manifest: dict):
-        super().__init__(config)
+        BlueLMVPreTrainedModel.__init__(self, config)  # not the PyTorch model's __init__: no modules, no weights
         self.exported = exported  # transformers.exporters.ExportedModel, its runners loaded
         self.manifest = manifest
         decoder = manifest["components"]["decoder"]
@@ -187,19 +188,6 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVPreTrainedModel, Generation
             for index, layer in enumerate(outputs["present"]):
                 cache.update(layer["key"][:, :, past_length:], layer["value"][:, :, past_length:], index)
         return CausalLMOutputWithPast(logits=outputs["logits"], cache=cache)
-
-    def generate(self, *args, thinking_budget=None, logits_processor=None, **kwargs):
-        """`GenerationMixin.generate` plus `thinking_budget`, as `BlueLMVForConditionalGeneration.generate`."""
-        generation_config = kwargs.get("generation_config") or self.generation_config
-        if thinking_budget is None:
-            thinking_budget = getattr(generation_config, "thinking_budget", None)
-        if thinking_budget is not None:
-            from ..thinking import build_thinking_budget_processor
-
-            end_sequence_ids = getattr(generation_config, "thinking_end_sequence_ids", None)
-            processor = build_thinking_budget_processor(self.config, thinking_budget, end_sequence_ids)
-            logits_processor = LogitsProcessorList(list(logits_processor or []) + [processor])
-        return super().generate(*args, logits_processor=logits_processor, **kwargs)
 
 
 __all__ = ["BlueLMVExportedForConditionalGeneration", "read_manifest"]
