@@ -599,3 +599,46 @@ def test_trl_quantization_config_quantizes_the_llm_only(model_dir):
     assert quantized and all(name.startswith("model.language_model.") for name in quantized)
     assert type(model.lm_head) is torch.nn.Linear
     assert torch.isfinite(model(input_ids=torch.tensor([[5, 6, 7]])).logits).all()
+
+
+# ---------------------------------------------------------------------------------------------------- onnxruntime-genai
+
+
+def _genai_greedy(export_dir, batch, image_token_id, tokens):
+    og = pytest.importorskip("onnxruntime_genai")
+    import numpy as np
+
+    genai = og.Model(str(export_dir))
+    inputs = og.NamedTensors()
+    inputs["input_ids"] = batch["input_ids"].numpy()
+    inputs["pixel_values"] = batch["pixel_values"].numpy()[None]  # genai: one pixel_values row per image
+    inputs["num_image_tokens"] = np.array([int((batch["input_ids"] == image_token_id).sum())])
+    params = og.GeneratorParams(genai)
+    length = batch["input_ids"].shape[1] + tokens
+    params.set_search_options(max_length=length, min_length=length)
+    generator = og.Generator(genai, params)
+    generator.set_inputs(inputs)
+    got = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        got.append(int(generator.get_next_tokens()[0]))
+    return got
+
+
+def test_onnxruntime_genai_loads_and_generates_from_the_hf_processor_inputs(fp32_export, torch_model):
+    """`onnxruntime_genai.Model(export_dir)` takes genai_config.json and the graphs (before: `Error opening
+    genai_config.json`, then `Model input was not found: image_features`) and decodes from the processor's inputs."""
+    model, processor = torch_model
+    got = _genai_greedy(fp32_export[0], _inputs(processor), model.config.image_token_id, 6)
+    assert len(got) == 6 and all(0 <= token < model.config.text_config.vocab_size for token in got)
+
+
+@pytest.mark.xfail(strict=True, reason="genai's tokens differ from PyTorch's from the first one; cause not found yet "
+                   "(docs/export.md, onnxruntime-genai)")
+def test_onnxruntime_genai_decodes_the_tokens_pytorch_decodes(fp32_export, torch_model):
+    model, processor = torch_model
+    batch = _inputs(processor)
+    with torch.no_grad():
+        want = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    got = _genai_greedy(fp32_export[0], batch, model.config.image_token_id, 6)
+    assert got == want[0, batch["input_ids"].shape[1] :].tolist()
