@@ -14,7 +14,9 @@ the same for ONNX Runtime and PyTorch:
               set right after importing torch / transformers / onnxruntime (what the model and its run add)
 
 Prints a markdown table. `--int8-kv` adds the mixed export with an int8 KV cache (a second trace, batch-1 decoder).
-When `executorch` is installed, the ExecuTorch (XNNPACK, fp32) export runs too, through the same runner.
+When `executorch` is installed, the ExecuTorch (XNNPACK, fp32) export runs too. Every export runs as
+`BlueLMVExportedForConditionalGeneration` (transformers' `generate` over the `transformers.exporters` runners), with the
+same `generate` call as PyTorch.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ VARIANTS = {
     "fp32": "ORT fp32",
     "int8": "ORT int8",
     "mixed": "ORT mixed (ViT int8 + LLM int4)",
-    "mixed-lean": "ORT mixed, ViT freed after encoding",
     "mixed-kv8": "ORT mixed + int8 KV cache",
     "executorch": "ExecuTorch fp32 (XNNPACK)",
 }
@@ -83,33 +84,23 @@ def worker(args) -> None:
 
     baseline = _rss_mib("VmRSS")  # the runtimes imported, nothing loaded yet
     clock = _Clock()
-    if args.variant == "pytorch":
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if args.variant == "pytorch":
         model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32).eval()
         processor = AutoProcessor.from_pretrained(args.model)
-        batch = _sample(processor, model.config.vision_config.image_size)
-
-        def run(tokens):
-            clock.reset()
-            with torch.inference_mode():
-                out = model.generate(
-                    **batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=clock
-                )
-            return out[0, batch["input_ids"].shape[1] :].tolist()
-
     else:
-        from bluelm_hf.ort_runner import OrtBlueLM
+        from bluelm_hf.export import BlueLMVExportedForConditionalGeneration
 
-        runner = OrtBlueLM.from_pretrained(
-            args.export, num_threads=args.threads, release_vision=args.variant.endswith("-lean")
-        )
-        batch = _sample(runner.processor, runner.model_info["tile_size"])
+        model = BlueLMVExportedForConditionalGeneration.from_pretrained(args.export, num_threads=args.threads)
+        processor = AutoProcessor.from_pretrained(args.export)
+    batch = _sample(processor, model.config.vision_config.image_size)
 
-        def run(tokens):
-            clock.reset()
-            result = runner.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, streamer=clock)
-            return result.new_tokens[0].tolist()
+    def run(tokens):
+        clock.reset()
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=clock)
+        return out[0, batch["input_ids"].shape[1] :].tolist()
 
     run(min(4, args.tokens))  # warm-up: allocator, thread pools, lazy init
     prefills, decodes = [], []
@@ -226,7 +217,7 @@ def main(argv=None) -> int:
         return 0
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bluelm_bench_"))
-    default = ["pytorch", "fp32", "int8", "mixed", "mixed-lean"] + (["mixed-kv8"] if args.int8_kv else [])
+    default = ["pytorch", "fp32", "int8", "mixed"] + (["mixed-kv8"] if args.int8_kv else [])
     if importlib.util.find_spec("executorch") is not None:
         default.append("executorch")
     variants = args.variants or default
@@ -240,7 +231,7 @@ def main(argv=None) -> int:
 
     results = []
     for variant in variants:
-        export = None if variant == "pytorch" else str(exports[variant.removesuffix("-lean")])
+        export = None if variant == "pytorch" else str(exports[variant])
         result = _run_variant_wait4(variant, args.model, export, args.tokens, args.threads, args.repeats)
         result["size_mib"] = _size_mib(Path(export)) if export else None
         results.append(result)

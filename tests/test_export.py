@@ -1,19 +1,21 @@
-"""Tests of bluelm_hf.export (ONNX / ExecuTorch export, quantization, verification) and bluelm_hf.ort_runner.
+"""Tests of bluelm_hf.export: ONNX / ExecuTorch export, quantization, verification, the output folder, and the
+exported model (`BlueLMVExportedForConditionalGeneration`: transformers' `generate` over `transformers.exporters`
+runners).
 
-One tiny random BlueLM is saved to a temporary directory and exported to float32 ONNX once (module fixture, ~35 s:
-torch.export + the ONNX conversion dominate); the int8 / int4 exports quantize that export (`quantize_export`, a few
-seconds each), and the full `export_model(quant="mixed")` path runs once more. The tiny model is initialised with
-large weights so that its greedy continuation is not one repeated token, which would make "identical tokens" a weak
-check.
+One tiny random BlueLM is saved to a temporary directory and exported to float32 ONNX once (module fixture: torch.export
+and the ONNX conversion dominate); the int8 / int4 exports quantize that export (`quantize_export`, a few seconds
+each), and the full `export_model(quant="mixed")` path runs once more. The tiny model is initialised with large weights
+so that its greedy continuation is not one repeated token, which would make "identical tokens" a weak check.
 """
 
+import errno
 import importlib.util
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from bluelm_hf import BlueLMVForConditionalGeneration, BlueLMVImageProcessor, BlueLMVProcessor
 from bluelm_hf.assemble import add_bluelm_special_tokens
@@ -24,16 +26,17 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from bluelm_hf.export import (  # noqa: E402
-    BNB_SKIP_MODULES,
+    MANIFEST_FILE,
+    MIN_VERIFY_TOKENS,
+    BlueLMVExportedForConditionalGeneration,
+    ExportDestinationError,
     ExportVerificationError,
     add_export_subcommand,
-    bnb_config,
     export_main,
     export_model,
     quantize_export,
     verify_export,
 )
-from bluelm_hf.ort_runner import MANIFEST_FILE, OrtBlueLM  # noqa: E402
 
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
 
@@ -59,13 +62,13 @@ def model_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def fp32_export(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "fp32"
-    report = export_model(model_dir, out, format="onnx", quant="none", verify=True, verify_tokens=12)
+    report = export_model(model_dir, out, format="onnx", quant="none", verify=True)
     return out, report
 
 
 @pytest.fixture(scope="module")
-def runner(fp32_export):
-    return OrtBlueLM.from_pretrained(fp32_export[0], num_threads=1)
+def exported(fp32_export):
+    return BlueLMVExportedForConditionalGeneration.from_pretrained(fp32_export[0], num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,13 @@ def _inputs(processor, question="How many red cells are there?", image=True, thi
     return processor(text=[text + suffix], images=images, return_tensors="pt")
 
 
+def _both(model, exported, batch, **kwargs):
+    """`generate` of the PyTorch model and of the export, same kwargs (greedy unless told)."""
+    kwargs.setdefault("do_sample", False)
+    with torch.no_grad():
+        return model.generate(**batch, **kwargs), exported.generate(**batch, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------------- fp32
 
 
@@ -94,6 +104,7 @@ def test_fp32_export_layout_and_verification(fp32_export):
     assert verification["max_abs_diff_logits"] < 1e-3
     assert verification["greedy_identical"]
     assert verification["greedy_tokens_export"] == verification["greedy_tokens_pytorch"]
+    assert verification["new_tokens"] == len(verification["greedy_tokens_pytorch"]) == MIN_VERIFY_TOKENS
     assert len(set(verification["greedy_tokens_pytorch"])) > 1, "the tiny model should not repeat one token"
     assert verification["image_tiles"] > 1  # the AnyRes grid plus the thumbnail go through one dynamic batch
 
@@ -105,14 +116,25 @@ def test_fp32_export_layout_and_verification(fp32_export):
     assert "past_key_values.0.key" in names and "past_key_values.1.value" in names
     assert [o["name"] for o in decoder["outputs"]][:2] == ["logits", "present.0.key"]
     assert decoder["inputs"][0]["shape"][:2] == ["batch_size", "sequence_length"]
-    assert manifest["components"]["vision_encoder"]["inputs"][0]["shape"][0] == "num_tiles"
+    # onnxruntime-genai's layout: pixel_values per image, the image merge inside the embedding graph
+    assert manifest["components"]["vision_encoder"]["inputs"][0]["shape"][:2] == ["num_images", "num_tiles"]
+    embed_inputs = manifest["components"]["embed_tokens"]["inputs"]
+    assert [(i["name"], i["shape"][:2]) for i in embed_inputs] == [
+        ("input_ids", ["batch_size", "sequence_length"]),
+        ("image_features", ["num_images", "num_image_tokens"]),
+    ]
+    genai = json.loads((out / "genai_config.json").read_text())["model"]
+    assert genai["embedding"]["inputs"] == {"input_ids": "input_ids", "image_features": "image_features"}
+    assert genai["decoder"]["num_hidden_layers"] == manifest["kv_cache"]["num_layers"]
     for entry in manifest["components"].values():
         for file in entry["files"]:
             assert (out / file).is_file()
     # self-contained: processor, tokenizer, config and chat template next to the graphs
-    for file in ("config.json", "tokenizer.json", "processor_config.json", "export.json"):
+    for file in ("config.json", "tokenizer.json", "processor_config.json", "export.json", "genai_config.json"):
         assert (out / file).is_file(), file
     assert not list(out.glob("*.safetensors"))
+    # every file in the folder is one the export recorded writing (what --overwrite may remove), and no staging left
+    assert sorted(manifest["written_files"]) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
 def test_export_graphs_carry_no_debug_metadata(fp32_export):
@@ -126,51 +148,17 @@ def test_export_graphs_carry_no_debug_metadata(fp32_export):
         assert [n.name for n in graph.node if len(n.metadata_props)] == []
 
 
-def test_runner_matches_pytorch_generate(runner, torch_model):
+# ---------------------------------------------------------------------------------------------------- generate
+
+
+def test_exported_model_generates_like_pytorch(exported, torch_model):
     model, processor = torch_model
-    batch = _inputs(processor)
-    with torch.no_grad():
-        expected = model.generate(**batch, max_new_tokens=10, do_sample=False)
-    result = runner.generate(**{k: v for k, v in batch.items()}, max_new_tokens=10)
-    assert result.sequences.tolist() == expected.tolist()
-    assert result.timings["prefill_s"] > 0
+    want, got = _both(model, exported, _inputs(processor), max_new_tokens=10)
+    assert got.tolist() == want.tolist()
+    assert len(set(got[0, -10:].tolist())) > 1
 
 
-def test_runner_min_new_tokens_keeps_eos_out_like_pytorch(runner, torch_model):
-    """min_new_tokens: EOS cannot be chosen before that many new tokens, in the runner as in transformers' generate;
-    an EOS-ending prompt then decodes the same continuation in both."""
-    model, processor = torch_model
-    batch = _inputs(processor)
-    with torch.no_grad():
-        first = int(model(**batch).logits[0, -1].argmax())
-    eos_ids = [first]  # the greedy first token as EOS: keeping it out changes the result
-    with torch.no_grad():
-        plain = model.generate(**batch, max_new_tokens=6, do_sample=False, eos_token_id=eos_ids)
-        expected = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=eos_ids)
-    result = runner.generate(**batch, max_new_tokens=6, min_new_tokens=6, eos_token_id=eos_ids)
-    assert plain.shape[1] == batch["input_ids"].shape[1] + 1  # stopped at once
-    assert result.sequences.tolist() == expected.tolist()
-    assert first not in result.new_tokens[0].tolist()
-
-
-def test_inference_load_and_generate_drive_an_export_like_pytorch(fp32_export, model_dir):
-    """`bluelm_hf.inference.load(EXPORT)` gives an OrtBlueLM that `generate` / `evaluate_nano` / `bluelm-hf eval`
-    use unchanged: same parsed completions as the PyTorch checkpoint."""
-    from bluelm_hf.inference import generate, load
-
-    export, _ = load(fp32_export[0])
-    assert isinstance(export, OrtBlueLM)
-    model, processor = load(model_dir)
-    images = [random_image(2 * TILE + 10, TILE, seed=1), None]
-    questions = ["How many red cells are there?", "What is in the picture?"]
-    for thinking in (False, True):
-        got = generate(export, export.processor, questions, images, thinking=thinking, max_new_tokens=8)
-        want = generate(model, processor, questions, images, thinking=thinking, max_new_tokens=8)
-        assert got == want
-
-
-def test_runner_text_only_and_batch(runner, torch_model):
-    """Left-padded batch: one row with an image, one without; same tokens as PyTorch."""
+def test_left_padded_batch_with_and_without_image(exported, torch_model):
     model, processor = torch_model
     texts = [
         processor.apply_chat_template(
@@ -179,82 +167,181 @@ def test_runner_text_only_and_batch(runner, torch_model):
         ),
         processor.apply_chat_template([{"role": "user", "content": "Count: red, blue."}], add_generation_prompt=True),
     ]
-    processor.tokenizer.padding_side = "left"
-    batch = processor(text=texts, images=[random_image(TILE, 2 * TILE, seed=3)], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        expected = model.generate(**batch, max_new_tokens=6, do_sample=False)
-    result = runner.generate(**batch, max_new_tokens=6)
-    assert result.sequences.tolist() == expected.tolist()
+    batch = processor(
+        text=texts, images=[random_image(TILE, 2 * TILE, seed=3)], return_tensors="pt", padding=True,
+        padding_side="left",
+    )
+    assert (batch["attention_mask"][1] == 0).any()  # the text-only row is padded
+    want, got = _both(model, exported, batch, max_new_tokens=6)
+    assert got.tolist() == want.tolist()
 
 
-def test_runner_thinking_modes_and_budget(runner, torch_model):
+def test_min_new_tokens_keeps_eos_out_like_pytorch(exported, torch_model):
+    """EOS = the greedy first token: without min_new_tokens both stop at once, with it both decode 6 tokens."""
     model, processor = torch_model
-    think_start, think_end = model.config.think_start_token_id, model.config.think_end_token_id
+    batch = _inputs(processor)
+    with torch.no_grad():
+        first = int(model(**batch).logits[0, -1].argmax())
+    plain_want, plain_got = _both(model, exported, batch, max_new_tokens=6, eos_token_id=[first])
+    assert plain_got.tolist() == plain_want.tolist()
+    assert plain_got.shape[1] == batch["input_ids"].shape[1] + 1
+    want, got = _both(model, exported, batch, max_new_tokens=6, min_new_tokens=6, eos_token_id=[first])
+    assert got.tolist() == want.tolist()
+    assert got.shape[1] == batch["input_ids"].shape[1] + 6
+    assert first not in got[0, batch["input_ids"].shape[1] :].tolist()
 
-    on = runner.build_inputs("How many?", random_image(80, 60), enable_thinking=True)
-    off = runner.build_inputs("How many?", random_image(80, 60), enable_thinking=False)
-    assert on["input_ids"][0, -1] == model.config.think_mode_token_id
-    assert off["input_ids"][0, -1] != model.config.think_mode_token_id
-    answer = runner.chat("How many?", random_image(80, 60), enable_thinking=False, max_new_tokens=5)
-    assert set(answer) >= {"reasoning_content", "content", "text", "num_thinking_tokens"}
 
+def test_thinking_budget_applies_through_generate(exported, torch_model):
+    model, processor = torch_model
+    think_end = model.config.think_end_token_id
     # A random model never opens <think> by itself: start the block in the prompt, as a trained model would.
     batch = _inputs(processor, thinking=True, suffix="<think>")
     for budget in (0, 3):
-        result = runner.generate(**batch, max_new_tokens=8, thinking_budget=budget)
-        new = result.new_tokens[0].tolist()
+        want, got = _both(model, exported, batch, max_new_tokens=8, thinking_budget=budget)
+        assert got.tolist() == want.tolist()
+        new = got[0, batch["input_ids"].shape[1] :].tolist()
         assert think_end in new and new.index(think_end) == budget, new
-        assert think_start not in new[: budget + 1]
-        with torch.no_grad():
-            expected = model.generate(**batch, max_new_tokens=8, do_sample=False, thinking_budget=budget)
-        assert result.sequences.tolist() == expected.tolist()
-        parsed = runner.parse_completion(result.new_tokens[0])
-        assert parsed["num_thinking_tokens"] == 0  # the block opened in the prompt, the answer follows </think>
 
 
-def test_runner_streaming(runner, torch_model):
-    from bluelm_hf.thinking import ThinkingStreamer
-
+def test_streamer_and_stopping_criteria_apply_through_generate(exported, torch_model):
     _, processor = torch_model
     batch = _inputs(processor)
-    chunks = []
-    result = runner.generate(**batch, max_new_tokens=8, streamer=chunks.append)
-    text = processor.tokenizer.decode(result.new_tokens[0], skip_special_tokens=False)
-    assert "".join(chunks) == text
+    printed = []
 
-    streamer = ThinkingStreamer(processor.tokenizer, skip_prompt=True)
-    runner.generate(**_inputs(processor, thinking=True, suffix="<think>"), max_new_tokens=6, thinking_budget=2,
-                    streamer=streamer)
-    kinds = [chunk.kind for chunk in streamer]
-    assert kinds and kinds[0] == "reasoning"
+    class Collect(TextStreamer):
+        def on_finalized_text(self, text, stream_end=False):
+            printed.append(text)
+
+    out = exported.generate(
+        **batch, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+        streamer=Collect(processor.tokenizer, skip_prompt=True),
+    )
+    new = out[0, batch["input_ids"].shape[1] :]
+    assert "".join(printed) == processor.tokenizer.decode(new, skip_special_tokens=True)
+
+    class StopAfter(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= batch["input_ids"].shape[1] + 3)
+
+    stopped = exported.generate(
+        **batch, max_new_tokens=8, min_new_tokens=8, do_sample=False, stopping_criteria=StoppingCriteriaList([StopAfter()])
+    )
+    assert stopped.tolist() == out[:, : batch["input_ids"].shape[1] + 3].tolist()
 
 
-def test_runner_sampling_is_seeded(runner, torch_model):
-    _, processor = torch_model
+def test_sampling_matches_pytorch_under_one_seed(exported, torch_model):
+    model, processor = torch_model
     batch = _inputs(processor)
-    a = runner.generate(**batch, max_new_tokens=6, do_sample=True, temperature=1.5, top_k=20, seed=7)
-    b = runner.generate(**batch, max_new_tokens=6, do_sample=True, temperature=1.5, top_k=20, seed=7)
-    assert a.sequences.tolist() == b.sequences.tolist()
+    kwargs = dict(max_new_tokens=6, do_sample=True, temperature=1.5, top_k=20)
+    torch.manual_seed(7)
+    want = model.generate(**batch, **kwargs)
+    torch.manual_seed(7)
+    got = exported.generate(**batch, **kwargs)
+    assert got.tolist() == want.tolist()
+    torch.manual_seed(8)
+    assert exported.generate(**batch, **kwargs).tolist() != got.tolist()
 
 
-def test_runner_release_vision(fp32_export, runner, torch_model):
-    _, processor = torch_model
-    lean = OrtBlueLM.from_pretrained(fp32_export[0], release_vision=True, num_threads=1)
-    assert "vision_encoder" not in lean.components
-    batch = _inputs(processor)
-    assert lean.generate(**batch, max_new_tokens=4).sequences.tolist() == runner.generate(
-        **batch, max_new_tokens=4
-    ).sequences.tolist()
+def test_inference_load_and_generate_drive_an_export_like_pytorch(fp32_export, model_dir):
+    """`inference.load(EXPORT)` gives the exported model; `inference.generate` (used by `bluelm-hf eval`, `chat`
+    and the Space) parses the same completions as from the PyTorch checkpoint, thinking tokens counted, and leaves
+    the caller's processor as it was."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from bluelm_hf.inference import build_prompts, generate, load, user_message
+
+    export, export_processor = load(fp32_export[0])
+    assert isinstance(export, BlueLMVExportedForConditionalGeneration)
+    model, processor = load(model_dir)
+    think_start = model.config.think_start_token_id
+
+    class OpenThinkFirst(LogitsProcessor):
+        """A random model never opens <think>: force it as the first new token, as a trained model would."""
+
+        def __init__(self, prompt_length):
+            self.prompt_length = prompt_length
+
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == self.prompt_length:
+                scores = torch.full_like(scores, -float("inf"))
+                scores[:, think_start] = 0.0
+            return scores
+
+    images = [random_image(2 * TILE + 10, TILE, seed=1), None]
+    questions = ["How many red cells are there?", "What is in the picture?"]
+    for proc in (processor, export_processor):
+        proc.tokenizer.padding_side = "right"
+    got = generate(export, export_processor, questions, images, thinking=False, max_new_tokens=8, min_new_tokens=8)
+    want = generate(model, processor, questions, images, thinking=False, max_new_tokens=8, min_new_tokens=8)
+    assert got == want
+    assert all(row["text"] for row in got)
+    assert export_processor.tokenizer.padding_side == processor.tokenizer.padding_side == "right"
+
+    prompts = build_prompts(processor, [[user_message(questions[0], 1)]], True)
+    prompt_length = processor(text=prompts, images=[images[0]], return_tensors="pt")["input_ids"].shape[1]
+    processors = LogitsProcessorList([OpenThinkFirst(prompt_length)])
+    kwargs = dict(thinking=True, thinking_budget=3, max_new_tokens=10, min_new_tokens=10)
+    got = generate(export, export_processor, questions[:1], images[:1], logits_processor=processors, **kwargs)
+    want = generate(model, processor, questions[:1], images[:1], logits_processor=processors, **kwargs)
+    assert got == want
+    assert got[0]["num_thinking_tokens"] == 3
+    assert got[0]["reasoning_content"].strip() and got[0]["content"].strip()
+    assert got[0]["text"].startswith("<think>")
+
+
+# ---------------------------------------------------------------------------------------------------- verification
+
+
+def test_verification_fails_loudly_on_a_wrong_export(fp32_export, exported, torch_model):
+    """A broken export (another model's weights) raises with the report attached."""
+    out, _ = fp32_export
+    model, processor = torch_model
+    other = BlueLMVForConditionalGeneration(model.config).eval()
+    torch.manual_seed(1)
+    for p in other.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    other.generation_config = model.generation_config
+    with pytest.raises(ExportVerificationError) as error:
+        verify_export(out, other, processor, exported=exported)
+    assert not error.value.report["passed"]
+    assert error.value.report["max_abs_diff_logits"] > 1e-3
+
+
+def test_verification_of_fewer_than_32_tokens_says_so_and_fails(fp32_export, exported, torch_model):
+    model, processor = torch_model
+    with pytest.raises(ExportVerificationError, match=f"only 8 greedy tokens compared.*at least {MIN_VERIFY_TOKENS}"):
+        verify_export(fp32_export[0], model, processor, exported=exported, tokens=8)
+
+
+def test_verification_suppresses_eos_on_both_sides(fp32_export, exported, torch_model, monkeypatch):
+    """EOS = the greedy first token on both sides (what made `--quant mixed` pass after 2 tokens): the check still
+    compares 32 tokens."""
+    model, processor = torch_model
+    from bluelm_hf.export.verification import verification_sample
+
+    sample = verification_sample(model, processor)
+    with torch.no_grad():
+        first = int(model(**sample).logits[0, -1].argmax())
+    monkeypatch.setattr(model.generation_config, "eos_token_id", first)
+    monkeypatch.setattr(exported.generation_config, "eos_token_id", first)
+    report = verify_export(fp32_export[0], model, processor, exported=exported, sample=sample)
+    assert report["passed"] and report["new_tokens"] == MIN_VERIFY_TOKENS
+    assert first not in report["greedy_tokens_pytorch"]
 
 
 # ---------------------------------------------------------------------------------------------------- quantized
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
-def test_quantized_exports_are_smaller_and_verified(fp32_export, tmp_path, quant):
+def test_quantized_exports_are_smaller_and_verified(fp32_export, torch_model, tmp_path, quant):
+    from bluelm_hf.inference import build_prompts, generate, user_message
+
     out, fp32_report = fp32_export
-    report = quantize_export(out, tmp_path / quant, quant, verify_tokens=8)
-    assert report["verification"]["passed"], report["verification"]["failures"]
+    report = quantize_export(out, tmp_path / quant, quant)
+    verification = report["verification"]
+    assert verification["passed"], verification["failures"]
+    assert verification["new_tokens"] == MIN_VERIFY_TOKENS
+    assert verification["teacher_forced_top1_agreement"] >= 0.25  # chance: 1 / vocab; int4 of a random tiny model: 0.44
     assert report["total_size_bytes"] < fp32_report["total_size_bytes"]
     manifest = json.loads((tmp_path / quant / MANIFEST_FILE).read_text())
     decoder = manifest["components"]["decoder"]["quantization"]
@@ -262,16 +349,24 @@ def test_quantized_exports_are_smaller_and_verified(fp32_export, tmp_path, quant
     vision = manifest["components"]["vision_encoder"]["quantization"]["method"]
     assert vision == ("onnxruntime.MatMulNBits + onnxruntime.quantize_dynamic" if quant == "int8" else "none")
     assert manifest["components"]["decoder"]["size_bytes"] < fp32_report["sizes"]["decoder"]
-    # the quantized export runs the whole chat path
-    runner = OrtBlueLM.from_pretrained(tmp_path / quant, num_threads=1)
-    assert runner.chat("How many?", random_image(90, 70), max_new_tokens=4)["text"] is not None
+    # the quantized export runs the whole chat path: its parsed text is what its own generate decoded
+    model = BlueLMVExportedForConditionalGeneration.from_pretrained(tmp_path / quant, num_threads=1)
+    _, processor = torch_model
+    image = random_image(90, 70)
+    [chat] = generate(model, processor, ["How many?"], [image], thinking=False, max_new_tokens=4, min_new_tokens=4)
+    prompts = build_prompts(processor, [[user_message("How many?", 1)]], False)
+    batch = processor(text=prompts, images=[image], return_tensors="pt")
+    ids = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)[0, batch["input_ids"].shape[1] :]
+    assert len(ids) == 4
+    assert chat["text"] == processor.tokenizer.decode(ids, skip_special_tokens=False) != ""
 
 
 @pytest.mark.slow
 def test_mixed_export_end_to_end(model_dir, fp32_export, tmp_path):
     """The paper's recipe through the full export_model path: vision int8, LLM int4 (MatMulNBits block 32)."""
-    report = export_model(model_dir, tmp_path / "mixed", quant="mixed", verify_tokens=8)
+    report = export_model(model_dir, tmp_path / "mixed", quant="mixed")
     assert report["verification"]["passed"]
+    assert report["verification"]["new_tokens"] == MIN_VERIFY_TOKENS
     assert report["total_size_bytes"] < fp32_export[1]["total_size_bytes"]
     manifest = json.loads((tmp_path / "mixed" / MANIFEST_FILE).read_text())
     vision = manifest["components"]["vision_encoder"]["quantization"]
@@ -284,44 +379,30 @@ def test_mixed_export_end_to_end(model_dir, fp32_export, tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_kv_cache_export(model_dir, tmp_path, torch_model):
-    """ONNX Runtime's GroupQueryAttention with an int8 cache (batch-1 decoder)."""
-    report = export_model(model_dir, tmp_path / "kv8", quant="none", kv_cache="int8", verify_tokens=8)
-    assert report["verification"]["passed"], report["verification"]["failures"]
-    runner = OrtBlueLM.from_pretrained(tmp_path / "kv8", num_threads=1)
-    assert runner.components["decoder"].input_dtypes["past_key_values.0.key"] == np.int8
-    _, processor = torch_model
-    with pytest.raises(ValueError, match="batch size 1"):
-        runner.generate(np.ones((2, 4), np.int64), max_new_tokens=1)
+def test_int8_kv_cache_export_and_eval_at_batch_1(tmp_path, capsys):
+    """ONNX Runtime's GroupQueryAttention with an int8 cache (batch-1 decoder), on the shipped nano: `bluelm-hf eval`
+    runs it at batch 1 and scores the held-out questions as the PyTorch nano does."""
+    import torch as _torch
 
-
-@pytest.mark.slow
-def test_eval_runs_a_batch_1_export_at_batch_1(model_dir, tmp_path, capsys):
-    """`bluelm-hf eval` picks the batch size the decoder was traced for instead of failing on its default 32."""
-    import json
-
+    import bluelm_hf
     from bluelm_hf.cli import main
+    from bluelm_hf.evaluation import evaluate_nano
+    from bluelm_hf.inference import load
 
-    export_model(model_dir, tmp_path / "kv8", quant="none", kv_cache="int8", verify_tokens=2)
+    report = export_model(bluelm_hf.NANO, tmp_path / "kv8", quant="none", kv_cache="int8")
+    assert report["verification"]["passed"], report["verification"]["failures"]
+    export, processor = load(tmp_path / "kv8")
+    assert export.static_batch == 1
+    assert export._past_dtypes["past_key_values.0.key"] == _torch.int8
+    with pytest.raises(ValueError, match="batch size 1"):
+        export(input_ids=_torch.ones((2, 4), dtype=_torch.long))
     capsys.readouterr()
-    assert main(["eval", "--model", str(tmp_path / "kv8"), "--n", "3", "--json"]) == 0
+    assert main(["eval", "--model", str(tmp_path / "kv8"), "--n", "6", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0
-
-
-def test_verification_fails_loudly_on_a_wrong_export(fp32_export, torch_model, tmp_path):
-    """A broken export (another model's weights) raises with the report attached."""
-    out, _ = fp32_export
-    model, processor = torch_model
-    other = BlueLMVForConditionalGeneration(model.config).eval()
-    torch.manual_seed(1)
-    for p in other.parameters():
-        torch.nn.init.normal_(p, std=0.5)
-    other.generation_config = model.generation_config
-    with pytest.raises(ExportVerificationError) as error:
-        verify_export(out, other, processor, max_new_tokens=4)
-    assert not error.value.report["passed"]
-    assert error.value.report["max_abs_diff_logits"] > 1e-3
+    model, nano_processor = load(None)
+    want = evaluate_nano(model, nano_processor, n=6)
+    assert result["n"] == 6
+    assert result["accuracy"] == want["accuracy"] >= 0.5
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -361,39 +442,109 @@ def test_bad_model_dirs(tmp_path, model_dir):
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_output_dir_needs_overwrite(tmp_path, model_dir):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="overwrite"):
-        export_model(model_dir, out)
-    assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(FileExistsError, match="holds no previous export"):
-        export_model(model_dir, out, overwrite=True)  # --overwrite never wipes a directory that is not an export
-    assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(ValueError, match="overwrite the model directory"):
-        export_model(model_dir, model_dir, overwrite=True)
+# ---------------------------------------------------------------------------------------------------- output folder
 
 
-def test_runner_rejects_a_non_export(tmp_path, model_dir):
-    with pytest.raises(FileNotFoundError, match="not a BlueLM export"):
-        OrtBlueLM.from_pretrained(model_dir)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        OrtBlueLM.from_pretrained(tmp_path / "nothing")
-
-
-def test_cli_subcommand(tmp_path, model_dir, capsys):
+def _cli(argv):
     import argparse
 
     parser = argparse.ArgumentParser(prog="bluelm-hf")
     add_export_subcommand(parser.add_subparsers(dest="command"))
-    argv = ["export", str(model_dir), str(tmp_path / "x"), "--format", "executorch", "--quant", "int4"]
-    args = parser.parse_args(argv)
-    assert args.func is export_main
-    assert export_main(args) == 2
+    return export_main(parser.parse_args(["export", *argv]))
+
+
+def test_overwrite_never_removes_a_file_no_export_recorded(tmp_path, model_dir, capsys):
+    """`mkdir d; echo '{}' > d/export.json; echo x > d/thesis.tex; bluelm-hf export M d --overwrite --no-verify`
+    used to delete thesis.tex: a folder holding an export.json was taken for an export and removed whole."""
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "export.json").write_text("{}")
+    (out / "thesis.tex").write_text("x")
+    assert _cli([str(model_dir), str(out), "--overwrite", "--no-verify"]) == 3
+    assert "holds no record of an earlier export" in capsys.readouterr().out
+    assert (out / "thesis.tex").read_text() == "x" and (out / "export.json").read_text() == "{}"
+    (out / MANIFEST_FILE).write_text("{}")  # a manifest without the list of written files is no licence either
+    assert _cli([str(model_dir), str(out), "--overwrite", "--no-verify"]) == 3
+    assert (out / "thesis.tex").read_text() == "x"
+    assert sorted(p.name for p in out.iterdir()) == ["bluelm_export.json", "export.json", "thesis.tex"]
+
+
+def test_overwrite_replaces_only_what_the_earlier_export_wrote(fp32_export, tmp_path):
+    out = tmp_path / "q"
+    quantize_export(fp32_export[0], out, "int8", verify=False)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        quantize_export(fp32_export[0], out, "int8", verify=False)
+    (out / "notes").mkdir()
+    (out / "notes" / "mine.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"1 file\(s\) the earlier export did not write \(notes/mine.txt\)"):
+        quantize_export(fp32_export[0], out, "int4", overwrite=True, verify=False)
+    assert (out / "notes" / "mine.txt").read_text() == "mine"
+    assert json.loads((out / MANIFEST_FILE).read_text())["quant"] == "int8"  # refused before touching anything
+    shutil.rmtree(out / "notes")
+    # a file the earlier export recorded but this one does not write goes too
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    (out / "stale.onnx").write_text("old")
+    manifest["written_files"].append("stale.onnx")
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    quantize_export(fp32_export[0], out, "int4", overwrite=True, verify=False)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["quant"] == "int4" and not (out / "stale.onnx").exists()
+    assert sorted(manifest["written_files"]) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_destination_failures_are_one_line_exit_3_and_leave_nothing(fp32_export, tmp_path, monkeypatch, capsys, code):
+    """A full, read-only or unwritable destination (simulated: the tests run as root) mid-write: one clear line, exit
+    code 3 (1 is "verification failed"), no half-written export left."""
+    import os
+
+    from transformers.exporters.base import ExportedModel
+
+    from bluelm_hf.export import cli
+
+    def failing_save(self, directory, **kwargs):
+        (directory / "decoder.onnx").write_bytes(b"partial")
+        raise OSError(code, os.strerror(code), str(directory / "decoder.onnx.data"))
+
+    monkeypatch.setattr(ExportedModel, "save_pretrained", failing_save)
+    out = tmp_path / "full"
+    with pytest.raises(ExportDestinationError, match=f"cannot write the export to {out}: .*{errno.errorcode[code]}"):
+        quantize_export(fp32_export[0], out, "int8", verify=False)
+    assert list(out.iterdir()) == []
+
+    def export_model_failing(*args, **kwargs):
+        return quantize_export(fp32_export[0], out, "int8", verify=False)
+
+    monkeypatch.setattr(cli, "export_model", export_model_failing)
+    assert _cli(["unused", str(out)]) == cli.EXIT_DESTINATION == 3
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith(f"error: cannot write the export to {out}: ")
+    assert errno.errorcode[code] in printed[0]
+
+
+def test_unusable_destination_path_is_exit_3(tmp_path, model_dir, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _cli([str(model_dir), str(tmp_path / "file" / "out"), "--no-verify"]) == 3
+    printed = capsys.readouterr().out
+    assert "cannot write the export to" in printed and "ENOTDIR" in printed
+    assert (tmp_path / "file").read_text() == "x"
+    with pytest.raises(ValueError, match="overwrite the model directory"):
+        export_model(model_dir, model_dir, overwrite=True)
+
+
+def test_cli_exit_codes(tmp_path, model_dir, capsys):
+    assert _cli([str(model_dir), str(tmp_path / "x"), "--format", "executorch", "--quant", "int4"]) == 2
     assert "not supported" in capsys.readouterr().out
+    assert _cli([str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     with pytest.raises(SystemExit):
-        parser.parse_args(["export", str(model_dir), str(tmp_path / "x"), "--quant", "int3"])
+        _cli([str(model_dir), str(tmp_path / "x"), "--quant", "int3"])
+
+
+def test_exported_model_rejects_a_non_export(tmp_path, model_dir):
+    with pytest.raises(FileNotFoundError, match="not a BlueLM export"):
+        BlueLMVExportedForConditionalGeneration.from_pretrained(model_dir)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        BlueLMVExportedForConditionalGeneration.from_pretrained(tmp_path / "nothing")
 
 
 # ---------------------------------------------------------------------------------------------------- ExecuTorch
@@ -402,11 +553,18 @@ def test_cli_subcommand(tmp_path, model_dir, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_EXECUTORCH, reason="executorch is not installed (pip install executorch)")
 def test_executorch_export(model_dir, tmp_path, torch_model):
-    report = export_model(model_dir, tmp_path / "et", format="executorch", verify_tokens=6)
+    from bluelm_hf.inference import generate, load
+
+    report = export_model(model_dir, tmp_path / "et", format="executorch")
     assert report["verification"]["passed"], report["verification"]["failures"]
+    assert report["verification"]["new_tokens"] == MIN_VERIFY_TOKENS
     assert (tmp_path / "et" / "decoder.pte").is_file()
-    runner = OrtBlueLM.from_pretrained(tmp_path / "et")
-    assert runner.chat("How many?", random_image(90, 70), max_new_tokens=3)["text"] is not None
+    export, processor = load(tmp_path / "et")
+    model, _ = torch_model
+    image = random_image(90, 70)
+    got = generate(export, processor, ["How many?"], [image], thinking=False, max_new_tokens=6, min_new_tokens=6)
+    want = generate(model, processor, ["How many?"], [image], thinking=False, max_new_tokens=6, min_new_tokens=6)
+    assert got == want and got[0]["text"]
 
 
 def test_executorch_missing_is_a_clear_error(model_dir, tmp_path, monkeypatch):
@@ -425,20 +583,62 @@ def test_executorch_missing_is_a_clear_error(model_dir, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- bitsandbytes
 
 
-def test_bnb_config_quantizes_the_llm_only(model_dir):
+def test_trl_quantization_config_quantizes_the_llm_only(model_dir):
+    """What docs/export.md claims: TRL's `get_quantization_config` (a plain `BitsAndBytesConfig`) leaves the ViT,
+    the projector and the tied lm_head unquantized, through `_keep_in_fp32_modules` and transformers' skip list."""
     bnb = pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForImageTextToText
+    from trl import ModelConfig, get_quantization_config
 
+    config = get_quantization_config(ModelConfig(load_in_4bit=True, dtype="float32"))
     try:
-        config = bnb_config(load_in_4bit=True)
         model = AutoModelForImageTextToText.from_pretrained(model_dir, quantization_config=config)
     except Exception as error:  # pragma: no cover - depends on the bitsandbytes build
         pytest.skip(f"bitsandbytes cannot quantize on this machine: {error}")
     quantized = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
     assert quantized and all(name.startswith("model.language_model.") for name in quantized)
     assert type(model.lm_head) is torch.nn.Linear
-    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.vision_tower.modules())
-    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.multi_modal_projector.modules())
-    assert bnb_config(load_in_8bit=True).llm_int8_skip_modules == BNB_SKIP_MODULES
-    ids = torch.tensor([[5, 6, 7]])
-    assert torch.isfinite(model(input_ids=ids).logits).all()
+    assert torch.isfinite(model(input_ids=torch.tensor([[5, 6, 7]])).logits).all()
+
+
+# ---------------------------------------------------------------------------------------------------- onnxruntime-genai
+
+
+def _genai_greedy(export_dir, batch, image_token_id, tokens):
+    og = pytest.importorskip("onnxruntime_genai")
+    import numpy as np
+
+    genai = og.Model(str(export_dir))
+    inputs = og.NamedTensors()
+    inputs["input_ids"] = batch["input_ids"].numpy()
+    inputs["pixel_values"] = batch["pixel_values"].numpy()[None]  # genai: one pixel_values row per image
+    inputs["num_image_tokens"] = np.array([int((batch["input_ids"] == image_token_id).sum())])
+    params = og.GeneratorParams(genai)
+    length = batch["input_ids"].shape[1] + tokens
+    params.set_search_options(max_length=length, min_length=length)
+    generator = og.Generator(genai, params)
+    generator.set_inputs(inputs)
+    got = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        got.append(int(generator.get_next_tokens()[0]))
+    return got
+
+
+def test_onnxruntime_genai_loads_and_generates_from_the_hf_processor_inputs(fp32_export, torch_model):
+    """`onnxruntime_genai.Model(export_dir)` takes genai_config.json and the graphs (before: `Error opening
+    genai_config.json`, then `Model input was not found: image_features`) and decodes from the processor's inputs."""
+    model, processor = torch_model
+    got = _genai_greedy(fp32_export[0], _inputs(processor), model.config.image_token_id, 6)
+    assert len(got) == 6 and all(0 <= token < model.config.text_config.vocab_size for token in got)
+
+
+@pytest.mark.xfail(strict=True, reason="genai's tokens differ from PyTorch's from the first one; cause not found yet "
+                   "(docs/export.md, onnxruntime-genai)")
+def test_onnxruntime_genai_decodes_the_tokens_pytorch_decodes(fp32_export, torch_model):
+    model, processor = torch_model
+    batch = _inputs(processor)
+    with torch.no_grad():
+        want = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    got = _genai_greedy(fp32_export[0], batch, model.config.image_token_id, 6)
+    assert got == want[0, batch["input_ids"].shape[1] :].tolist()

@@ -43,8 +43,9 @@ def _check_checkpoint_dir(path: Path) -> None:
 def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None):
     """Load `(model, processor)` from a path or Hub id; default: the bundled BlueLM-nano, offline.
 
-    A directory written by `bluelm-hf export --format onnx` loads as an `OrtBlueLM` (ONNX Runtime), which
-    `generate` / `evaluate_nano` / `bluelm-hf eval` drive the same way as the PyTorch model.
+    A directory written by `bluelm-hf export` loads as a `BlueLMVExportedForConditionalGeneration` (transformers'
+    `generate` over ONNX Runtime or ExecuTorch), which `generate` / `evaluate_nano` / `bluelm-hf eval` / `chat`
+    drive the same way as the PyTorch model.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -64,11 +65,10 @@ def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None
             )
         path = NANO
     if isinstance(path, Path):
-        from .ort_runner import MANIFEST_FILE, OrtBlueLM
+        from .export import MANIFEST_FILE, BlueLMVExportedForConditionalGeneration
 
         if (path / MANIFEST_FILE).is_file():
-            runner = OrtBlueLM.from_pretrained(path)
-            return runner, runner.processor
+            return BlueLMVExportedForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
         if not path.is_dir():
             raise FileNotFoundError(f"Model directory {path} does not exist")
         if not (path / "config.json").is_file():
@@ -115,8 +115,10 @@ def generate(
     conversations = [[user_message(q, 0 if img is None else 1)] for q, img in zip(questions, images)]
     prompts = build_prompts(processor, conversations, thinking)
     present = [img for img in images if img is not None]
-    processor.tokenizer.padding_side = "left"
-    batch = processor(text=prompts, images=present or None, return_tensors="pt", padding=True).to(model.device)
+    # Left padding for this call only: the caller's processor keeps its own `padding_side`.
+    batch = processor(
+        text=prompts, images=present or None, return_tensors="pt", padding=True, padding_side="left"
+    ).to(model.device)
     generate_kwargs.setdefault("do_sample", False)
     out = model.generate(
         **batch,
@@ -125,8 +127,7 @@ def generate(
         streamer=streamer,
         **generate_kwargs,
     )
-    sequences = getattr(out, "sequences", out)  # OrtBlueLM returns a GenerationResult
-    completions = sequences[:, batch["input_ids"].shape[1] :]
+    completions = out[:, batch["input_ids"].shape[1] :]
     return [_parse_completion(processor, row, model.config) for row in completions]
 
 

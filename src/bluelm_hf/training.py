@@ -19,9 +19,9 @@ _LAYER_RE = re.compile(r"vision_tower\..*?layers\.(\d+)\.")
 def load_pretrained_for_training(model_args):
     """`AutoModelForImageTextToText.from_pretrained` for the recipes, from TRL's `ModelConfig`.
 
-    QLoRA: `--load_in_4bit` (or `--load_in_8bit`) with `--use_peft` quantizes the LLM only, through
-    `bluelm_hf.export.bnb_config` (vision tower, projector and lm_head skipped; TRL's own `BitsAndBytesConfig`
-    has no such skip list), then PEFT's `prepare_model_for_kbit_training` freezes the base weights and keeps the
+    QLoRA: `--load_in_4bit` (or `--load_in_8bit`) with `--use_peft` quantizes the LLM only, through TRL's
+    `get_quantization_config` (the vision tower and projector stay unquantized through the model's
+    `_keep_in_fp32_modules`, the tied lm_head through transformers' default skip list), then PEFT's `prepare_model_for_kbit_training` freezes the base weights and keeps the
     float modules in float32. The adapters are added by the trainer from `--use_peft`.
     """
     from transformers import AutoModelForImageTextToText
@@ -34,14 +34,9 @@ def load_pretrained_for_training(model_args):
                 "--load_in_4bit / --load_in_8bit freeze a quantized LLM, so only adapters can train (QLoRA): "
                 "add --use_peft and --lora_target_modules (see recipes/README.md)"
             )
-        from .export import bnb_config
+        from trl import get_quantization_config
 
-        kwargs["quantization_config"] = bnb_config(
-            load_in_4bit=model_args.load_in_4bit,
-            load_in_8bit=model_args.load_in_8bit,
-            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-        )
+        kwargs["quantization_config"] = get_quantization_config(model_args)
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
     if quantized:
         from peft import prepare_model_for_kbit_training

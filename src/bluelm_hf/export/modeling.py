@@ -1,0 +1,193 @@
+"""A BlueLM export as a `GenerationMixin` model: `transformers.exporters` runners (ONNX Runtime or ExecuTorch) for the
+three graphs, and transformers' own `generate` around them.
+
+```python
+>>> model = BlueLMVExportedForConditionalGeneration.from_pretrained("bluelm-onnx")
+>>> processor = AutoProcessor.from_pretrained("bluelm-onnx")
+>>> model.generate(**processor(text=..., images=..., return_tensors="pt"), max_new_tokens=64, thinking_budget=32)
+```
+
+Everything `generate` does (greedy / sampling, `min_new_tokens`, stopping criteria, streamers, the thinking budget)
+applies unchanged: the forward pass is the only part that runs the export. The KV cache is transformers'
+`DynamicCache`, holding the decoder's `present.*` outputs (int8 for an int8-KV export).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..modeling_bluelm_v import BlueLMVForConditionalGeneration, BlueLMVPreTrainedModel
+from .destination import MANIFEST_FILE
+
+COMPONENTS = ("vision_encoder", "embed_tokens", "decoder")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8, "uint8": torch.uint8}
+
+
+def read_manifest(export_dir: str | os.PathLike) -> dict:
+    """`bluelm_export.json` of an export directory, with clear errors for a missing or broken one."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise FileNotFoundError(f"Export directory {export_dir} does not exist")
+    path = export_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{export_dir} has no {MANIFEST_FILE}: not a BlueLM export (create one with `bluelm-hf export`)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    missing = [name for name in COMPONENTS if name not in manifest.get("components", {})]
+    if missing:
+        raise ValueError(f"{path} lists no {missing} component(s)")
+    return manifest
+
+
+class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
+    """`BlueLMVForConditionalGeneration` over an export: its `generate` (transformers' plus `thinking_budget`), with a
+    `forward` that runs the exported graphs instead of modules. `forward` and `generate` take the processor's output
+    (`input_ids`, `attention_mask`, `pixel_values`, `image_grids`). It holds no weights: `model`, `lm_head` and the
+    submodule properties of the PyTorch class do not exist here."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config, exported, manifest: dict):
+        BlueLMVPreTrainedModel.__init__(self, config)  # not the PyTorch model's __init__: no modules, no weights
+        self.exported = exported  # transformers.exporters.ExportedModel, its runners loaded
+        self.manifest = manifest
+        decoder = manifest["components"]["decoder"]
+        self.static_batch = decoder.get("static_batch_size")  # int8 KV / ExecuTorch decoders: batch 1
+        self._past_dtypes = {
+            entry["name"]: _DTYPES.get(entry["dtype"], torch.float32)
+            for entry in decoder["inputs"]
+            if entry["name"].startswith("past_key_values.")
+        }
+        kv = manifest["kv_cache"]
+        self._kv_shape = (kv["num_layers"], kv["num_kv_heads"], kv["head_dim"])
+        # ONNX exports: the onnxruntime-genai layout (pixel_values per image, the image merge in the embedding graph)
+        components = manifest["components"]
+        self._per_image = len(components["vision_encoder"]["inputs"][0]["shape"]) == 5
+        self._merge_in_graph = any(i["name"] == "image_features" for i in components["embed_tokens"]["inputs"])
+
+    @classmethod
+    def from_pretrained(cls, export_dir: str | os.PathLike, *, device=None, num_threads: int | None = None, **kwargs):
+        """Load an export written by `bluelm_hf.export.export_model` with `ExportedModel.from_pretrained`.
+
+        num_threads: ONNX Runtime intra-op threads per session (ONNX Runtime otherwise sizes its pool from every core
+        of the machine). Other kwargs go to the backend's runner (`providers`, `session_options`)."""
+        from transformers.exporters import ExportedModel
+
+        import bluelm_hf  # noqa: F401  (registers bluelm_v with the Auto classes)
+
+        manifest = read_manifest(export_dir)
+        if num_threads and manifest.get("format", "onnx") == "onnx" and "session_options" not in kwargs:
+            import onnxruntime as ort
+
+            kwargs["session_options"] = ort.SessionOptions()
+            kwargs["session_options"].intra_op_num_threads = int(num_threads)
+        exported = ExportedModel.from_pretrained(export_dir, device=device, local_files_only=True, **kwargs)
+        model = cls(exported.config, exported, manifest)
+        if exported.generation_config is not None:
+            model.generation_config = exported.generation_config
+        return model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.exported.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def _run(self, name: str, **inputs):
+        return self.exported.runners[name](**inputs)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(num_tiles, 3, T, T) -> (num_tiles * tokens_per_tile, hidden), in chunks of `vision_batch_size` tiles."""
+        chunk = self.config.vision_batch_size or len(pixel_values)
+        tiles = [pixel_values[start : start + chunk].float() for start in range(0, len(pixel_values), chunk)]
+        features = [
+            self._run("vision_encoder", pixel_values=tile[None] if self._per_image else tile)["image_features"]
+            for tile in tiles
+        ]
+        hidden = self.config.text_config.hidden_size
+        return torch.cat([feature.reshape(-1, hidden) for feature in features])
+
+    def _empty_past(self, batch_size: int) -> list[dict]:
+        num_layers, kv_heads, head_dim = self._kv_shape
+        return [
+            {
+                kind: torch.zeros(
+                    batch_size, kv_heads, 0, head_dim, dtype=self._past_dtypes[f"past_key_values.{i}.{kind}"]
+                )
+                for kind in ("key", "value")
+            }
+            for i in range(num_layers)
+        ]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """One decoder call over `input_ids` (the prompt, or the new tokens after it) with `cache` as the past."""
+        batch_size, length = input_ids.shape
+        if self.static_batch is not None and batch_size != self.static_batch:
+            raise ValueError(
+                f"This export's decoder was traced for batch size {self.static_batch} (int8 KV-cache and ExecuTorch "
+                f"exports are batch-1 only), got a batch of {batch_size}; run the prompts one by one"
+            )
+        image_positions = input_ids == self.config.image_token_id
+        hidden = self.config.text_config.hidden_size
+        features = torch.zeros(0, hidden)
+        if pixel_values is not None and len(pixel_values):
+            features = self.get_image_features(pixel_values)
+            if features.shape[0] != int(image_positions.sum()):
+                raise ValueError(
+                    f"The text has {int(image_positions.sum())} image tokens but the images give {features.shape[0]} "
+                    "features; build inputs with the BlueLM processor so each placeholder is expanded to its tiles"
+                )
+        elif image_positions.any():
+            raise ValueError(f"The text has {int(image_positions.sum())} image tokens but no pixel_values were given")
+        if self._merge_in_graph:
+            embeds = self._run("embed_tokens", input_ids=input_ids.long(), image_features=features[None])
+            embeds = embeds["inputs_embeds"]
+        else:
+            embeds = self._run("embed_tokens", input_ids=input_ids.long())["inputs_embeds"]
+            if len(features):
+                embeds = embeds.masked_scatter(image_positions[..., None], features.to(embeds.dtype))
+
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, past_length + length, dtype=torch.long)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        if past_length:
+            past = [{"key": layer.keys, "value": layer.values} for layer in cache.layers]
+        else:
+            past = self._empty_past(batch_size)
+        outputs = self._run(
+            "decoder",
+            inputs_embeds=embeds,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids.long(),
+            past_key_values=past,
+        )
+        if cache is not None:
+            for index, layer in enumerate(outputs["present"]):
+                cache.update(layer["key"][:, :, past_length:], layer["value"][:, :, past_length:], index)
+        return CausalLMOutputWithPast(logits=outputs["logits"], cache=cache)
+
+
+__all__ = ["BlueLMVExportedForConditionalGeneration", "read_manifest"]
