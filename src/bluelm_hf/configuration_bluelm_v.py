@@ -45,6 +45,18 @@ SIGLIP_SO400M_384 = dict(
     vision_use_head=False,
 )
 
+# The Auto classes a BlueLM checkpoint loads through as remote code, and the classes in its code files.
+AUTO_MAP = {
+    "AutoConfig": "configuration_bluelm_v.BlueLMVConfig",
+    "AutoModel": "modeling_bluelm_v.BlueLMVModel",
+    "AutoModelForImageTextToText": "modeling_bluelm_v.BlueLMVForConditionalGeneration",
+}
+# The image processor's entry names a class per backend: transformers picks "pil" where torchvision is missing.
+IMAGE_PROCESSOR_AUTO_MAP = {
+    "torchvision": "image_processing_bluelm_v.BlueLMVImageProcessor",
+    "pil": "image_processing_bluelm_v.BlueLMVImageProcessorPil",
+}
+
 
 @strict
 class BlueLMVConfig(PreTrainedConfig):
@@ -91,6 +103,13 @@ class BlueLMVConfig(PreTrainedConfig):
     anyres_alpha: float = 0.1
     use_thumbnail: bool = True
     tie_word_embeddings: bool = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also writes the complete `auto_map` (`AUTO_MAP`), so the checkpoint loads with `trust_remote_code=True`
+        through every Auto class where bluelm_hf is not installed (save_pretrained itself only adds the saved
+        classes). Entries already set (e.g. `repo--module.Class` references) are kept."""
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -220,4 +239,4 @@ PRESETS = {
     "bluelm-v-3b": BlueLMVConfig.bluelm_v_3b,
 }
 
-__all__ = ["BlueLMVConfig", "PRESETS", "SPECIAL_TOKENS"]
+__all__ = ["AUTO_MAP", "IMAGE_PROCESSOR_AUTO_MAP", "BlueLMVConfig", "PRESETS", "SPECIAL_TOKENS"]

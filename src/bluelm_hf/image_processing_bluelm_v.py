@@ -42,6 +42,8 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .configuration_bluelm_v import IMAGE_PROCESSOR_AUTO_MAP
+
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
 SIGLIP_STD = [0.5, 0.5, 0.5]
 _EXIF_ORIENTATION = 0x0112
@@ -331,6 +333,15 @@ class BlueLMVImageProcessingMixin:
     do_rescale = True
     do_normalize = True
     do_convert_rgb = True
+
+    def to_dict(self) -> dict:
+        # save_pretrained's `auto_map` names the saved backend's class only; name both (remote code picks "pil"
+        # where torchvision is missing).
+        output = super().to_dict()
+        entry = output.get("auto_map", {}).get("AutoImageProcessor")
+        if isinstance(entry, str) and entry.startswith("image_processing_bluelm_v."):
+            output["auto_map"] = {**output["auto_map"], "AutoImageProcessor": dict(IMAGE_PROCESSOR_AUTO_MAP)}
+        return output
 
     def __init__(self, **kwargs: Unpack[BlueLMVImageProcessorKwargs]):
         kwargs = self._sync_size_and_tile_size(kwargs, default_tile_size=type(self).tile_size)
