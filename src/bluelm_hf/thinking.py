@@ -303,18 +303,21 @@ def response_template(eos_token: str | None = "</s>") -> dict:
       model went on reasoning after its thinking was closed (what a thinking budget does: the forced `</think>`
       interrupts the reasoning and the model closes it again by itself), so the text before it is not the answer:
       `<think>a</think>so 2</think>2` has content `2`, not `so 22`;
-    - everything from the EOS on (padding of a batched row included) is dropped.
+    - everything from the EOS on (padding of a batched row included) is dropped; an EOS inside a think block ends
+      it too.
     """
-    end = f"(?:{re.escape(THINK_END_TOKEN)}"
-    if eos_token:
-        end += f"|{re.escape(eos_token)}[\\s\\S]*"
-    end += ")"
+    think_end = re.escape(THINK_END_TOKEN)
+    end_of_message = f"|{re.escape(eos_token)}[\\s\\S]*" if eos_token else ""
     return {
         "defaults": {"role": "assistant"},
         "start_anchor": [AI_TOKEN, AI_TOKEN + THINK_MODE_TOKEN],
         "fields": {
-            "reasoning_content": {"open": THINK_START_TOKEN, "close": THINK_END_TOKEN, "content": "text"},
-            "content": {"close_pattern": f"\\s*{end}", "content": "text"},
+            "reasoning_content": {
+                "open": THINK_START_TOKEN,
+                "close_pattern": f"(?:{think_end}{end_of_message})",
+                "content": "text",
+            },
+            "content": {"close_pattern": f"\\s*(?:{think_end}{end_of_message})", "content": "text"},
         },
     }
 
