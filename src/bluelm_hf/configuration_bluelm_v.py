@@ -9,7 +9,12 @@ transformers.
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
+
+try:  # transformers >= 5.20 builds sub-configs from `sub_configs_defaults`
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # older: `sub_configs` plus a dict -> config conversion in __post_init__
+    SubConfigSpec = None
 
 # The BlueLM special tokens. The chat template (chat_template.jinja) uses these strings.
 IMAGE_TOKEN = "<image>"
@@ -80,10 +85,14 @@ class BlueLMVConfig(PreTrainedConfig):
     """
 
     model_type = "bluelm_v"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    _sub_config_model_types = {"vision_config": "siglip_vision_model", "text_config": "llama"}
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class=AutoConfig, model_type=model_type)
+            for key, model_type in _sub_config_model_types.items()
+        }
+    else:
+        sub_configs = dict.fromkeys(_sub_config_model_types, AutoConfig)
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -112,6 +121,14 @@ class BlueLMVConfig(PreTrainedConfig):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            from transformers import CONFIG_MAPPING
+
+            for key, default_type in self._sub_config_model_types.items():
+                value = getattr(self, key)
+                if value is None or isinstance(value, dict):
+                    value = dict(value or {})
+                    setattr(self, key, CONFIG_MAPPING[value.pop("model_type", default_type)](**value))
         super().__post_init__(**kwargs)
         if self.projector_hidden_size is None:
             self.projector_hidden_size = self.text_config.hidden_size
