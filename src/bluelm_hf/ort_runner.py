@@ -541,7 +541,8 @@ class OrtBlueLM:
             end = ids.index(end_id, start) if end_id in ids[start:] else len(ids)
             num_thinking = end - start
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        return {**parse_response(text), "text": text, "num_thinking_tokens": num_thinking}
+        parsed = parse_response(text, eos_token=self.tokenizer.eos_token)
+        return {**parsed, "text": text, "num_thinking_tokens": num_thinking}
 
 
 def _to_numpy(value, dtype) -> np.ndarray:
