@@ -5,7 +5,9 @@ In thinking mode the generation prompt ends with `[|AI|]:[|BlueThink|]` and the 
 
 - `ThinkingBudgetLogitsProcessor` caps the reasoning at `thinking_budget` tokens by forcing the closing sequence.
 - `build_thinking_budget_processor` builds one from a config (what `BlueLMVForConditionalGeneration.generate` calls).
-- `parse_response` splits a finished completion into `reasoning_content` and `content`.
+- `validate_thinking_budget` checks a budget (ValueError naming a bad value).
+- `response_template` is the tokenizer's `response_template` (transformers' response parsing): the one rule that
+  splits a completion into `reasoning_content` and `content`; `parse_response` applies it to decoded text.
 - `ThinkingStreamer` streams `ThinkingChunk("reasoning" | "answer", text)` from `generate`.
 
 This file is shipped next to checkpoints (remote code), so it imports only torch, transformers and the stdlib.
