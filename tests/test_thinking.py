@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -29,8 +29,11 @@ from bluelm_hf.thinking import (
     ThinkingBudgetLogitsProcessor,
     ThinkingChunk,
     ThinkingStreamer,
+    MAX_THINKING_BUDGET,
     build_thinking_budget_processor,
     parse_response,
+    response_template,
+    validate_thinking_budget,
 )
 
 PAD, EOS, BLUETHINK, THINK, END, HUMAN, AI = range(7)
@@ -39,6 +42,15 @@ WORDS = list(range(9, 64))
 STOP_WORDS = (9, 10, 11, 12, 13, 14)
 VOCAB = 65  # + <unk> for the tokenizer
 NEG_INF = -float("inf")
+
+
+@pytest.fixture(scope="module")
+def nano_processor():
+    from transformers import AutoProcessor
+
+    from bluelm_hf import NANO
+
+    return AutoProcessor.from_pretrained(NANO)
 
 
 @pytest.fixture(scope="module")
@@ -375,6 +387,31 @@ def test_negative_budget():
         ThinkingBudgetLogitsProcessor([2, -3], THINK, END)
 
 
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(budget=st.one_of(st.integers(0, MAX_THINKING_BUDGET), st.lists(st.integers(0, MAX_THINKING_BUDGET), min_size=1)))
+def test_valid_budgets_are_kept_exactly(budget):
+    assert validate_thinking_budget(budget).tolist() == (budget if isinstance(budget, list) else [budget])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    bad=st.one_of(
+        st.integers(max_value=-1),
+        st.integers(min_value=MAX_THINKING_BUDGET + 1),
+        st.floats(allow_nan=False),
+        st.integers(0, 10**6).map(str),
+        st.booleans(),
+        st.lists(st.integers(max_value=-1), min_size=1),
+    )
+)
+def test_bad_budgets_raise_a_clear_error(bad):
+    # before validation: 10**30 gave "Overflow when unpacking long long", "3" gave "new(): invalid data type 'str'"
+    with pytest.raises(ValueError, match="thinking_budget") as error:
+        ThinkingBudgetLogitsProcessor(bad, THINK, END)
+    shown = bad[0] if isinstance(bad, list) else bad
+    assert repr(shown) in str(error.value) or str(shown) in str(error.value)
+
+
 def test_budget_list_length_mismatch(model):
     processor = ThinkingBudgetLogitsProcessor([1, 2, 3, 4], THINK, END)
     with pytest.raises(ValueError, match=r"4 values.*6 rows"):
@@ -444,21 +481,51 @@ def test_from_tokenizer_names_missing_tokens():
 
 # ---------------------------------------------------------------------------------------------------- parse_response
 
-plain_text = st.text(max_size=40).filter(
-    lambda s: not any(tag in s for tag in (THINK_START_TOKEN, THINK_END_TOKEN, THINK_MODE_TOKEN, "</s>"))
-)
+TAGS = (THINK_START_TOKEN, THINK_END_TOKEN, THINK_MODE_TOKEN, "</s>", "<pad>")
+plain_text = st.text(max_size=40).filter(lambda s: not any(tag in s for tag in TAGS))
+pieces = st.lists(st.one_of(plain_text, st.sampled_from([THINK_START_TOKEN, THINK_END_TOKEN])), max_size=8)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(reasoning=plain_text, answer=plain_text, mode_token=st.booleans(), eos=st.booleans())
-def test_parse_response_round_trip(reasoning, answer, mode_token, eos):
+@given(reasoning=plain_text, answer=plain_text, mode_token=st.booleans(), eos=st.booleans(), pads=st.integers(0, 3))
+def test_parse_response_round_trip(reasoning, answer, mode_token, eos, pads):
     prefix = THINK_MODE_TOKEN if mode_token else ""
-    suffix = "</s>" if eos else ""
-    expected = {"reasoning_content": reasoning.strip(), "content": answer.strip()}
+    suffix = ("</s>" if eos else "") + "<pad>" * pads * eos  # a batched row: EOS, then padding
+    expected = {"reasoning_content": reasoning.strip() or None, "content": answer.strip()}
     assert parse_response(f"{prefix}<think>{reasoning}</think>{answer}{suffix}") == expected
-    assert parse_response(f"{reasoning}</think>{answer}{suffix}") == expected  # prompt ended with <think>
-    assert parse_response(f"<think>{reasoning}") == {"reasoning_content": reasoning.strip(), "content": ""}
+    # the prompt ended with <think>: the completion starts inside the block
+    assert parse_response(f"{reasoning}</think>{answer}{suffix}", prefix="[|AI|]:<think>") == expected
+    assert parse_response(f"<think>{reasoning}") == {"reasoning_content": reasoning.strip() or None, "content": ""}
     assert parse_response(f"{prefix}{answer}{suffix}") == {"reasoning_content": None, "content": answer.strip()}
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(parts=pieces, eos=st.booleans(), pads=st.integers(0, 3))
+def test_parse_response_content_is_what_follows_the_last_think_end(parts, eos, pads):
+    text = "".join(parts) + ("</s>" + "<pad>" * pads if eos else "")
+    parsed = parse_response(text)
+    assert not any(tag in parsed["content"] for tag in TAGS)
+    # a <think> written inside an open block is reasoning text, as for the budget; nothing else leaks
+    assert not any(tag in (parsed["reasoning_content"] or "") for tag in TAGS if tag != THINK_START_TOKEN)
+    if THINK_END_TOKEN in parts and THINK_START_TOKEN not in parts[len(parts) - parts[::-1].index(THINK_END_TOKEN) :]:
+        after_last_end = "".join(parts[len(parts) - parts[::-1].index(THINK_END_TOKEN) :])
+        if after_last_end.strip():  # (a stray </think> at the very end leaves the answer before it)
+            assert parsed["content"] == after_last_end.strip()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(parts=pieces, eos=st.booleans(), pads=st.integers(0, 3))
+def test_parse_response_equals_the_tokenizer_template_on_token_ids(nano_processor, parts, eos, pads):
+    """thinking.parse_response (text) and tokenizer.parse_response (token ids, what `transformers serve` runs)
+    follow the one response_template shipped in the tokenizer config."""
+    text = "".join(parts) + ("</s>" + "<pad>" * pads if eos else "")
+    tokenizer = nano_processor.tokenizer
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assume(ids)  # transformers reads an empty list as an empty batch
+    by_ids = nano_processor.parse_response(ids)
+    assert {"reasoning_content": by_ids.get("reasoning_content") or None, "content": by_ids.get("content", "")} == (
+        parse_response(tokenizer.decode(ids, skip_special_tokens=False), eos_token=tokenizer.eos_token)
+    )
 
 
 @pytest.mark.parametrize(
@@ -466,16 +533,33 @@ def test_parse_response_round_trip(reasoning, answer, mode_token, eos):
     [
         ("<think>\nLet me see.\n</think>\n\nIt is 4.</s>", "Let me see.", "It is 4."),
         ("[|BlueThink|]<think>a</think>b", "a", "b"),
-        ("<think></think>b", "", "b"),
-        ("<think>   ", "", ""),
-        ("a</think>", "a", ""),
+        ("<think></think>b", None, "b"),
+        ("<think>   ", None, ""),
         ("just an answer</s></s>", None, "just an answer"),
-        ("<think>a</think>b<think>c</think>d", "a\n\nc", "b\n\nd"),
-        ("<think>a<think>b</think>c</think>d", "ab", "cd"),  # stray tags are dropped
+        ("just an answer</s><pad><pad>", None, "just an answer"),
+        # a </think> after the block was closed: the model reasoned on after a forced close; the answer follows it
+        ("<think>a</think>so 2</think>2", "a", "2"),
+        ("<think>a</think>so 2</think>2</s><pad>", "a", "2"),
+        ("<think>a</think>2</think></s>", "a", "2"),
+        ("<think>a</s><pad>", "a", ""),
     ],
 )
 def test_parse_response_cases(text, reasoning, content):
     assert parse_response(text) == {"reasoning_content": reasoning, "content": content}
+
+
+def test_processor_parses_padded_batch_rows(nano_processor):
+    tokenizer = nano_processor.tokenizer
+    rows = [
+        tokenizer.encode(text, add_special_tokens=False)
+        for text in ("<think>red 1</think>1</s><pad><pad>", "<think>a</think>so 2</think>2</s>")
+    ]
+    assert tokenizer.response_template is not None  # shipped in the nano's tokenizer_config.json
+    assert nano_processor.parse_response(torch.tensor(rows)) == [
+        {"role": "assistant", "reasoning_content": "red 1", "content": "1"},
+        {"role": "assistant", "reasoning_content": "a", "content": "2"},
+    ]
+    assert tokenizer.parse_response(rows[0], prefix="")["content"] == "1"
 
 
 # ---------------------------------------------------------------------------------------------------- streaming
@@ -546,3 +630,8 @@ def test_streamer_with_generate_matches_parse_response(model, tokenizer):
     assert parsed["reasoning_content"] and parsed["content"]
     assert joined(chunks, "reasoning") == parsed["reasoning_content"]
     assert joined(chunks, "answer") == parsed["content"]
+
+
+def test_shipped_nano_template_is_the_one_definition(nano_processor):
+    tokenizer = nano_processor.tokenizer
+    assert tokenizer.response_template == response_template(tokenizer.eos_token)

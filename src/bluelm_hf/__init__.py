@@ -45,9 +45,12 @@ AutoProcessor.register(BlueLMVConfig, BlueLMVProcessor, exist_ok=True)
 
 # save_pretrained writes `auto_map` and copies these classes' code files next to the weights, so a
 # checkpoint also loads with trust_remote_code=True where bluelm_hf is not installed.
+# BlueLMVConfig.save_pretrained completes the map (AutoModel too, and both image processor backends).
 BlueLMVConfig.register_for_auto_class("AutoConfig")
+BlueLMVModel.register_for_auto_class("AutoModel")
 BlueLMVForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 BlueLMVImageProcessor.register_for_auto_class("AutoImageProcessor")
+BlueLMVImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 BlueLMVProcessor.register_for_auto_class("AutoProcessor")
 
 from .assemble import assemble_bluelm  # noqa: E402  (needs the registrations above)

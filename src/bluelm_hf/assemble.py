@@ -21,6 +21,7 @@ from .configuration_bluelm_v import (
 from .image_processing_bluelm_v import BlueLMVImageProcessor
 from .modeling_bluelm_v import BlueLMVForConditionalGeneration, BlueLMVMultiModalProjector
 from .processing_bluelm_v import BlueLMVProcessor, default_chat_template
+from .thinking import response_template
 
 _VISION_MODEL_TYPES = ("siglip", "siglip_vision_model")
 
@@ -111,6 +112,7 @@ def build_processor(config: BlueLMVConfig, tokenizer) -> BlueLMVProcessor:
         use_thumbnail=config.use_thumbnail,
     )
     tokenizer.chat_template = default_chat_template()
+    tokenizer.response_template = response_template(tokenizer.eos_token)  # tokenizer/processor.parse_response, serve
     return BlueLMVProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 

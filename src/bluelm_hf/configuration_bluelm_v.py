@@ -9,7 +9,12 @@ transformers.
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig
+
+try:  # transformers >= 5.20 builds sub-configs from `sub_configs_defaults`
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # older: `sub_configs` plus a dict -> config conversion in __post_init__
+    SubConfigSpec = None
 
 # The BlueLM special tokens. The chat template (chat_template.jinja) uses these strings.
 IMAGE_TOKEN = "<image>"
@@ -45,6 +50,18 @@ SIGLIP_SO400M_384 = dict(
     vision_use_head=False,
 )
 
+# The Auto classes a BlueLM checkpoint loads through as remote code, and the classes in its code files.
+AUTO_MAP = {
+    "AutoConfig": "configuration_bluelm_v.BlueLMVConfig",
+    "AutoModel": "modeling_bluelm_v.BlueLMVModel",
+    "AutoModelForImageTextToText": "modeling_bluelm_v.BlueLMVForConditionalGeneration",
+}
+# The image processor's entry names a class per backend: transformers picks "pil" where torchvision is missing.
+IMAGE_PROCESSOR_AUTO_MAP = {
+    "torchvision": "image_processing_bluelm_v.BlueLMVImageProcessor",
+    "pil": "image_processing_pil_bluelm_v.BlueLMVImageProcessorPil",
+}
+
 
 @strict
 class BlueLMVConfig(PreTrainedConfig):
@@ -68,10 +85,14 @@ class BlueLMVConfig(PreTrainedConfig):
     """
 
     model_type = "bluelm_v"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    _sub_config_model_types = {"vision_config": "siglip_vision_model", "text_config": "llama"}
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class=AutoConfig, model_type=model_type)
+            for key, model_type in _sub_config_model_types.items()
+        }
+    else:
+        sub_configs = dict.fromkeys(_sub_config_model_types, AutoConfig)
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -92,7 +113,22 @@ class BlueLMVConfig(PreTrainedConfig):
     use_thumbnail: bool = True
     tie_word_embeddings: bool = True
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also writes the complete `auto_map` (`AUTO_MAP`), so the checkpoint loads with `trust_remote_code=True`
+        through every Auto class where bluelm_hf is not installed (save_pretrained itself only adds the saved
+        classes). Entries already set (e.g. `repo--module.Class` references) are kept."""
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            from transformers import CONFIG_MAPPING
+
+            for key, default_type in self._sub_config_model_types.items():
+                value = getattr(self, key)
+                if value is None or isinstance(value, dict):
+                    value = dict(value or {})
+                    setattr(self, key, CONFIG_MAPPING[value.pop("model_type", default_type)](**value))
         super().__post_init__(**kwargs)
         if self.projector_hidden_size is None:
             self.projector_hidden_size = self.text_config.hidden_size
@@ -223,4 +259,4 @@ PRESETS = {
     "bluelm-v-3b": BlueLMVConfig.bluelm_v_3b,
 }
 
-__all__ = ["BlueLMVConfig", "PRESETS", "SPECIAL_TOKENS"]
+__all__ = ["AUTO_MAP", "IMAGE_PROCESSOR_AUTO_MAP", "BlueLMVConfig", "PRESETS", "SPECIAL_TOKENS"]

@@ -40,7 +40,8 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-from .image_loading import load_image, load_images, to_rgb  # noqa: F401  (to_rgb: re-exported for the Space)
+from .configuration_bluelm_v import IMAGE_PROCESSOR_AUTO_MAP
+from .image_loading import load_image, load_images  # noqa: F401
 
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
 SIGLIP_STD = [0.5, 0.5, 0.5]
@@ -230,6 +231,15 @@ class BlueLMVImageProcessingMixin:
     do_rescale = True
     do_normalize = True
     do_convert_rgb = True
+
+    def to_dict(self) -> dict:
+        # save_pretrained's `auto_map` names the saved backend's class only; name both (remote code picks "pil"
+        # where torchvision is missing).
+        output = super().to_dict()
+        entry = output.get("auto_map", {}).get("AutoImageProcessor")
+        if isinstance(entry, str) and entry.startswith("image_processing_bluelm_v."):
+            output["auto_map"] = {**output["auto_map"], "AutoImageProcessor": dict(IMAGE_PROCESSOR_AUTO_MAP)}
+        return output
 
     def __init__(self, **kwargs: Unpack[BlueLMVImageProcessorKwargs]):
         kwargs = self._sync_size_and_tile_size(kwargs, default_tile_size=type(self).tile_size)

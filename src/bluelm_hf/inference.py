@@ -190,7 +190,7 @@ def _parse_completion(processor, ids: torch.Tensor, config) -> dict:
         end = ids.index(config.think_end_token_id, start) if config.think_end_token_id in ids[start:] else len(ids)
         num_thinking = end - start
     text = tokenizer.decode(ids, skip_special_tokens=False)
-    return {**parse_response(text), "text": text, "num_thinking_tokens": num_thinking}
+    return {**parse_response(text, eos_token=tokenizer.eos_token), "text": text, "num_thinking_tokens": num_thinking}
 
 
 __all__ = ["generate", "load", "stream_chat", "user_message"]

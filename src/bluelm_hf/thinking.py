@@ -5,12 +5,16 @@ In thinking mode the generation prompt ends with `[|AI|]:[|BlueThink|]` and the 
 
 - `ThinkingBudgetLogitsProcessor` caps the reasoning at `thinking_budget` tokens by forcing the closing sequence.
 - `build_thinking_budget_processor` builds one from a config (what `BlueLMVForConditionalGeneration.generate` calls).
-- `parse_response` splits a finished completion into `reasoning_content` and `content`.
+- `validate_thinking_budget` checks a budget (ValueError naming a bad value).
+- `response_template` is the tokenizer's `response_template` (transformers' response parsing): the one rule that
+  splits a completion into `reasoning_content` and `content`; `parse_response` applies it to decoded text.
 - `ThinkingStreamer` streams `ThinkingChunk("reasoning" | "answer", text)` from `generate`.
 
 This file is shipped next to checkpoints (remote code), so it imports only torch, transformers and the stdlib.
 """
 
+import functools
+import numbers
 import re
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -18,7 +22,7 @@ from typing import NamedTuple
 import torch
 from transformers import LogitsProcessor, TextIteratorStreamer
 
-from .configuration_bluelm_v import THINK_END_TOKEN, THINK_MODE_TOKEN, THINK_START_TOKEN
+from .configuration_bluelm_v import AI_TOKEN, THINK_END_TOKEN, THINK_MODE_TOKEN, THINK_START_TOKEN
 
 # A ready-made `early_stop_message` for `from_tokenizer`: telling the model why its reasoning stops makes the answer
 # that follows build on the reasoning so far (the Qwen3 thinking-budget recipe does the same).
@@ -44,6 +48,47 @@ def _think_token_ids(tokenizer) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------- budget
+
+#: The largest budget: a torch int64. Any budget above the longest possible generation already means "unlimited".
+MAX_THINKING_BUDGET = 2**63 - 1
+
+
+def validate_thinking_budget(thinking_budget) -> torch.Tensor:
+    """`thinking_budget` as a 1-D int64 tensor, or ValueError saying what is wrong with it (with the value).
+
+    Accepts an int, a sequence of ints or an integer tensor, each in `[0, MAX_THINKING_BUDGET]`. Rejects bools,
+    floats (even 3.0), strings (even "3"), empty or nested sequences and values that do not fit an int64.
+    """
+    if isinstance(thinking_budget, torch.Tensor):
+        if thinking_budget.is_floating_point() or thinking_budget.is_complex() or thinking_budget.dtype == torch.bool:
+            raise ValueError(f"thinking_budget must hold integers, got a tensor of dtype {thinking_budget.dtype}")
+        values = thinking_budget.reshape(-1).tolist() if thinking_budget.dim() <= 1 else None
+        shape = tuple(thinking_budget.shape)
+    elif isinstance(thinking_budget, (str, bytes)) or not isinstance(thinking_budget, (numbers.Integral, Sequence)):
+        raise ValueError(
+            f"thinking_budget must be an int, a list of ints or an integer tensor, got {thinking_budget!r} "
+            f"({type(thinking_budget).__name__})"
+        )
+    elif isinstance(thinking_budget, Sequence):
+        values, shape = list(thinking_budget), (len(thinking_budget),)
+    else:
+        values, shape = [thinking_budget], ()
+    if values is None or not values:
+        raise ValueError(f"thinking_budget must be an int or a 1-D list of ints, got shape {shape}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(
+                f"thinking_budget must hold integers, got {value!r} ({type(value).__name__}) in {thinking_budget!r}"
+            )
+        if value < 0:
+            raise ValueError(f"thinking_budget must be >= 0 (0 closes thinking at once), got {value}")
+        if value > MAX_THINKING_BUDGET:
+            raise ValueError(
+                f"thinking_budget {value} is too large: the maximum is {MAX_THINKING_BUDGET} (2**63 - 1); leave the "
+                "budget unset for unlimited thinking"
+            )
+    return torch.tensor([int(v) for v in values], dtype=torch.long)
+
 
 
 class ThinkingBudgetLogitsProcessor(LogitsProcessor):
@@ -90,15 +135,7 @@ class ThinkingBudgetLogitsProcessor(LogitsProcessor):
         think_end_token_id: int,
         end_sequence_ids: Sequence[int] | None = None,
     ):
-        budget = torch.as_tensor(thinking_budget)
-        if budget.is_floating_point() or budget.is_complex() or budget.dtype == torch.bool:
-            raise ValueError(f"thinking_budget must hold integers, got dtype {budget.dtype}")
-        if budget.dim() > 1 or budget.numel() == 0:
-            raise ValueError(
-                f"thinking_budget must be an int or a 1-D list of ints, got shape {tuple(budget.shape)}"
-            )
-        if (budget < 0).any():
-            raise ValueError(f"thinking_budget must be >= 0 (0 closes thinking at once), got {budget.tolist()}")
+        budget = validate_thinking_budget(thinking_budget)
         end_sequence_ids = [think_end_token_id] if end_sequence_ids is None else [int(i) for i in end_sequence_ids]
         if not end_sequence_ids or end_sequence_ids[-1] != think_end_token_id:
             raise ValueError(
@@ -109,7 +146,7 @@ class ThinkingBudgetLogitsProcessor(LogitsProcessor):
                 f"end_sequence_ids may hold </think> ({think_end_token_id}) only at the end and <think> "
                 f"({think_start_token_id}) nowhere, got {end_sequence_ids}"
             )
-        self.thinking_budget = budget.long().reshape(-1)
+        self.thinking_budget = budget
         self.think_start_token_id = int(think_start_token_id)
         self.think_end_token_id = int(think_end_token_id)
         self.end_sequence_ids = end_sequence_ids
@@ -254,44 +291,58 @@ def build_thinking_budget_processor(
 
 # ---------------------------------------------------------------------------------------------------- parsing
 
-_TAG = re.compile(f"({re.escape(THINK_START_TOKEN)}|{re.escape(THINK_END_TOKEN)})")
+def response_template(eos_token: str | None = "</s>") -> dict:
+    """The BlueLM `response_template` (transformers' declarative response parsing) for a tokenizer whose EOS is
+    `eos_token`: the one definition of how a completion splits into `reasoning_content` and `content`.
 
+    Saved as `response_template` in `tokenizer_config.json`, it is what `tokenizer.parse_response`,
+    `processor.parse_response`, `transformers serve` (`reasoning_content` in its replies), `parse_response` below and
+    the vLLM `bluelm` reasoning parser all follow:
 
-def parse_response(text: str, eos_token: str | None = "</s>") -> dict:
-    """Splits a completion into `{"reasoning_content": str | None, "content": str}`.
-
-    - `<think>r</think>a` -> `r`, `a` (each stripped of surrounding whitespace);
-    - `<think>r` (cut off, no `</think>`) -> `r`, `""`;
-    - `r</think>a` (the prompt ended with `<think>`) -> `r`, `a`;
-    - no tag at all -> `None`, the whole text; `<think></think>a` -> `""`, `a`;
-    - several blocks -> all their reasoning, and all the text outside them, each joined by a blank line. A stray
-      `</think>` outside a block or `<think>` inside one is dropped.
-
-    `[|BlueThink|]` is removed wherever it is, as are trailing `eos_token`s.
+    - the message starts after the last `[|AI|]:` (and its `[|BlueThink|]`) of the prompt passed as `prefix`;
+    - `<think>...</think>` is `reasoning_content` (a cut-off block without `</think>` too);
+    - `content` is the text after the last `</think>`. A second `</think>` after the block was closed means the
+      model went on reasoning after its thinking was closed (what a thinking budget does: the forced `</think>`
+      interrupts the reasoning and the model closes it again by itself), so the text before it is not the answer:
+      `<think>a</think>so 2</think>2` has content `2`, not `so 22`;
+    - everything from the EOS on (padding of a batched row included) is dropped; an EOS inside a think block ends
+      it too.
     """
-    text = text.replace(THINK_MODE_TOKEN, "")
-    if eos_token:
-        while text.rstrip().endswith(eos_token):
-            text = text.rstrip()[: -len(eos_token)]
-    first_start, first_end = text.find(THINK_START_TOKEN), text.find(THINK_END_TOKEN)
-    if first_start < 0 and first_end < 0:
-        return {"reasoning_content": None, "content": text.strip()}
-
-    # A `</think>` before any `<think>` means the completion started inside the block.
-    inside = first_end >= 0 and (first_start < 0 or first_end < first_start)
-    segments, position = [], 0  # [inside, text]; a stray tag does not start a new segment
-    for tag in [*_TAG.finditer(text), None]:
-        piece = text[position : tag.start() if tag else len(text)]
-        if segments and segments[-1][0] == inside:
-            segments[-1][1] += piece
-        else:
-            segments.append([inside, piece])
-        if tag:
-            inside, position = tag.group() == THINK_START_TOKEN, tag.end()
+    think_end = re.escape(THINK_END_TOKEN)
+    end_of_message = f"|{re.escape(eos_token)}[\\s\\S]*" if eos_token else ""
     return {
-        "reasoning_content": "\n\n".join(t.strip() for kind, t in segments if kind and t.strip()),
-        "content": "\n\n".join(t.strip() for kind, t in segments if not kind and t.strip()),
+        "defaults": {"role": "assistant"},
+        "start_anchor": [AI_TOKEN, AI_TOKEN + THINK_MODE_TOKEN],
+        "fields": {
+            "reasoning_content": {
+                "open": THINK_START_TOKEN,
+                "close_pattern": f"(?:{think_end}{end_of_message})",
+                "content": "text",
+            },
+            "content": {"close_pattern": f"\\s*(?:{think_end}{end_of_message})", "content": "text"},
+        },
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_response_template(eos_token: str | None):
+    from transformers.utils.chat_parsing.response_templates import load_response_template
+
+    return load_response_template(response_template(eos_token))
+
+
+def parse_response(text: str, eos_token: str | None = "</s>", prefix: str = "") -> dict:
+    """Splits a completion into `{"reasoning_content": str | None, "content": str}` with `response_template`.
+
+    `prefix` is the prompt (or its end) when the completion starts inside a think block (`r</think>a` after a prompt
+    ending in `<think>` gives reasoning `r`). Both fields are stripped; `reasoning_content` is None when there is no
+    reasoning. `eos_token` is the tokenizer's EOS (`tokenizer.eos_token`).
+    """
+    from transformers.utils.chat_parsing import parse_response as parse_with_template
+
+    text = text.replace(THINK_MODE_TOKEN, "")
+    parsed = parse_with_template(text, _compiled_response_template(eos_token), prefix=prefix)
+    return {"reasoning_content": parsed.get("reasoning_content") or None, "content": parsed.get("content", "")}
 
 
 # ---------------------------------------------------------------------------------------------------- streaming
@@ -404,4 +455,6 @@ __all__ = [
     "ThinkingStreamer",
     "build_thinking_budget_processor",
     "parse_response",
+    "response_template",
+    "validate_thinking_budget",
 ]

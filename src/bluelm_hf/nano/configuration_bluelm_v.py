@@ -1,0 +1,1 @@
+../configuration_bluelm_v.py

@@ -1,0 +1,1 @@
+../image_processing_pil_bluelm_v.py

@@ -1,0 +1,1 @@
+../modeling_bluelm_v.py

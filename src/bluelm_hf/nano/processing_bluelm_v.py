@@ -1,0 +1,1 @@
+../processing_bluelm_v.py
