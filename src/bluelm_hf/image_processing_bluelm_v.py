@@ -41,7 +41,7 @@ from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .configuration_bluelm_v import IMAGE_PROCESSOR_AUTO_MAP
-from .image_loading import load_image, load_images  # noqa: F401
+from .image_loading import load_image, load_images
 
 SIGLIP_MEAN = [0.5, 0.5, 0.5]
 SIGLIP_STD = [0.5, 0.5, 0.5]
