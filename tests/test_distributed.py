@@ -63,11 +63,15 @@ def assert_one_group_of_two(output: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_process_sft(tmp_path, launcher):
+    import bluelm_hf
+    from bluelm_hf import nano_task
+
     sft_dir = tmp_path / "sft"
+    nano_task.make_sft_dataset(16).save_to_disk(str(tmp_path / "data"))
     out = launch(
-        launcher, "sft.py", "--config", str(ROOT / "recipes/nano_sft.yaml"),
-        "--output_dir", str(sft_dir), "--max_steps", "2", "--dataset_size", "16",
-        "--per_device_train_batch_size", "2", "--eval_size", "0", "--save_strategy", "no",
+        launcher, "sft.py", "--config", str(ROOT / "recipes/nano/sft.yaml"), "--model_name_or_path", str(bluelm_hf.NANO),
+        "--dataset_name", str(tmp_path / "data"), "--output_dir", str(sft_dir), "--max_steps", "2",
+        "--per_device_train_batch_size", "2", "--save_strategy", "no",
         "--dataloader_num_workers", "0", "--logging_steps", "1",
     )  # fmt: skip
     assert_one_group_of_two(out)
@@ -82,12 +86,15 @@ def test_two_process_grpo(tmp_path, launcher):
     InternVL-style tile count, `crop_to_patches` / `num_patches`, and a processor output of model inputs only)."""
     import bluelm_hf
 
+    from bluelm_hf import nano_task
+
     grpo_dir = tmp_path / "grpo"
+    nano_task.make_sft_dataset(8, seed=1, think_ratio=1.0).save_to_disk(str(tmp_path / "data"))
     out = launch(
-        launcher, "grpo.py", "--config", str(ROOT / "recipes/nano_grpo.yaml"),
-        "--model_name_or_path", str(bluelm_hf.NANO), "--output_dir", str(grpo_dir), "--max_steps", "2",
-        "--dataset_size", "8", "--per_device_train_batch_size", "2", "--num_generations", "2",
-        "--max_completion_length", "8", "--eval_size", "0", "--logging_steps", "1",
+        launcher, "grpo.py", "--config", str(ROOT / "recipes/nano/grpo.yaml"),
+        "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(tmp_path / "data"),
+        "--output_dir", str(grpo_dir), "--max_steps", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
+        "--max_completion_length", "8", "--logging_steps", "1",
     )  # fmt: skip
     assert_one_group_of_two(out)
     assert "GRPO wall time" in out and "2 process(es)" in out

@@ -48,6 +48,9 @@ def main(args) -> Path:
         nano_task.tokenizer_corpus(seed=args.data_seed, styles=styles), vocab_size=args.tokenizer_vocab_size
     )
     model, processor = init_from_scratch(tokenizer, seed=args.seed)
+    # The ids TRL's SFTTrainer aligns the config to anyway (weights and training are unchanged by it).
+    model.config.text_config.eos_token_id = tokenizer.eos_token_id
+    model.config.text_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out / "init")
     processor.save_pretrained(out / "init")
     sft = nano_task.make_sft_dataset(
