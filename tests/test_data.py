@@ -257,3 +257,23 @@ def test_the_recipe_reports_bad_data_before_training(tmp_path, sft_recipe, tiny_
         run_sft(sft_recipe, recipe_args(tmp_path / "o", "--dataset_name", path))
     with pytest.raises(DatasetFormatError, match="no training data: pass --dataset_name"):
         run_sft(sft_recipe, recipe_args(tmp_path / "o", "--model_name_or_path", str(tiny_checkpoint)))
+
+
+def test_train_and_test_splits(tmp_path):
+    """--dataset_train_split / --dataset_test_split pick the splits of a saved DatasetDict; a file or a saved
+    Dataset is one split (no test set, rather than the training rows again)."""
+    from datasets import DatasetDict
+    from trl import ScriptArguments
+
+    from bluelm_hf.data import load_training_data
+
+    rows = load_conversations(str(write_jsonl(tmp_path / "src" / "data.jsonl")))
+    DatasetDict({"train": rows.select([0, 1, 2]), "test": rows.select([3])}).save_to_disk(str(tmp_path / "dict"))
+    rows.save_to_disk(str(tmp_path / "one"))
+    train, test = load_training_data(ScriptArguments(dataset_name=str(tmp_path / "dict")))
+    assert (len(train), len(test)) == (3, 1)
+    for single in (tmp_path / "one", tmp_path / "src" / "data.jsonl"):
+        train, test = load_training_data(ScriptArguments(dataset_name=str(single)))
+        assert len(train) == 4 and test is None
+    with pytest.raises(DatasetFormatError, match=r"no split 'validation'; it has \['test', 'train'\]"):
+        load_training_data(ScriptArguments(dataset_name=str(tmp_path / "dict"), dataset_train_split="validation"))

@@ -141,7 +141,8 @@ def load_training_data(script_args, dataset_args=None, seed: int = 0):
     test = None
     test_split = script_args.dataset_test_split
     local = Path(name)
-    has_splits = not local.is_file() and not (local.is_dir() and any((local / m).exists() for m in METADATA_FILES))
+    # Local files, image folders and a saved `Dataset` are one split; a saved `DatasetDict` or a Hub id may have more.
+    has_splits = (local / "dataset_dict.json").exists() if local.exists() else True
     if test_split and has_splits:
         try:
             test = load_conversations(name, config, test_split)
