@@ -55,7 +55,10 @@ def message_features():
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_conversations(path: str, name: str | None = None, split: str = "train", **load_kwargs):
-    """One source as a `Dataset` with `messages` and `images` columns, validated (see the module docstring)."""
+    """One source as a `Dataset` with `messages` and `images` columns, validated (see the module docstring).
+
+    `load_kwargs` (e.g. `data_files`, `data_dir` of a mixture entry) go to `datasets.load_dataset` for a Hub id or
+    a folder of data files; a local file or image folder is loaded whole."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
     local = Path(path)
@@ -71,10 +74,10 @@ def load_conversations(path: str, name: str | None = None, split: str = "train",
                 f"{path}: unknown file type {local.suffix!r}; use one of {sorted(FILE_BUILDERS)}, "
                 "a save_to_disk folder or an image folder with metadata"
             )
-        dataset = load_dataset(builder, data_files=str(local), split="train", **load_kwargs)
+        dataset = load_dataset(builder, data_files=str(local), split="train")
         base_dir = local.resolve().parent
     elif local.is_dir() and any((local / m).exists() for m in METADATA_FILES):
-        dataset = load_dataset("imagefolder", data_dir=str(local), split="train", **load_kwargs)
+        dataset = load_dataset("imagefolder", data_dir=str(local), split="train")
     elif local.is_dir() and not any(local.iterdir()):
         raise DatasetFormatError(f"{path}: the folder is empty")
     else:
