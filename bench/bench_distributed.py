@@ -194,16 +194,19 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     import bluelm_hf
 
+    from bluelm_hf import nano_task
+
+    nano_task.make_sft_dataset(args.steps * args.batch * 2).save_to_disk(str(out / "data"))
     for strategy in ("ddp", "fsdp2"):
         flags = []
         if strategy == "fsdp2":
             flags = ["--fsdp", "--fsdp_config", str(ROOT / "recipes/accelerate/fsdp2_trainer.json")]
         cmd = torchrun(
-            str(ROOT / "recipes/sft.py"), "--config", str(ROOT / "recipes/nano_sft.yaml"),
-            "--model_name_or_path", str(bluelm_hf.NANO), "--output_dir", str(out / strategy),
-            "--max_steps", str(args.steps), "--dataset_size", str(args.steps * args.batch * 2),
-            "--per_device_train_batch_size", str(args.batch), "--eval_size", "0", "--save_strategy", "no",
-            "--logging_steps", str(args.steps), "--dataset_num_proc", "1", "--torch_threads", "1", *flags,
+            str(ROOT / "recipes/sft.py"), "--config", str(ROOT / "recipes/nano/sft.yaml"),
+            "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(out / "data"),
+            "--output_dir", str(out / strategy), "--max_steps", str(args.steps),
+            "--per_device_train_batch_size", str(args.batch), "--save_strategy", "no",
+            "--logging_steps", str(args.steps), "--torch_threads", "1", *flags,
         )  # fmt: skip
         output, peaks, wall = run_polled(cmd)
         if ("find_unused_parameters=True was specified in DDP" in output) == (strategy == "fsdp2"):

@@ -1,75 +1,127 @@
 # Copyright 2026 The bluelm-hf authors. Apache-2.0.
-"""GRPO for BlueLM with TRL's GRPOTrainer: rule rewards plus the Group Overlong length penalty.
+"""GRPO for BlueLM on any conversational VLM dataset with TRL's GRPOTrainer: rule rewards plus Group Overlong.
 
-    python recipes/grpo.py --config recipes/nano_grpo.yaml
-    accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml recipes/grpo.py --config recipes/nano_grpo.yaml
+    python recipes/grpo.py --config recipes/stages/6_grpo.yaml --model_name_or_path runs/sft --dataset_name my.jsonl
+    accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml recipes/grpo.py --config recipes/nano/grpo.yaml
 
-Rewards come from `bluelm_hf.rewards` (accuracy, format, repetition, group_overlong), weighted by
-`reward_weights` (a mapping name -> weight in the YAML). Rollouts are in thinking mode by default
-(`chat_template_kwargs: {enable_thinking: true}`); a thinking budget during rollouts is set with
-`generation_kwargs: {thinking_budget: N}`: TRL passes its GenerationConfig to `model.generate`, whose
-BlueLM override reads `thinking_budget` from it and adds the ThinkingBudgetLogitsProcessor.
+Modelled on TRL's `trl/scripts/grpo.py`: `--dataset_name` etc. as in recipes/sft.py, and `--reward_funcs` as dotted
+import paths (or the names of TRL's script registry) with `GRPOConfig`'s `--reward_weights`, one per function.
+`--reward_kwargs` (JSON: reward -> keyword arguments) configures them: a `get_*` name is a factory, called with
+them (TRL's `trl.rewards.get_repetition_penalty_reward`, `get_soft_overlong_punishment`); any other function gets
+them bound. The defaults are BlueLM's: `bluelm_hf.rewards.accuracy_reward` (numeric-aware answer match),
+`format_reward`, TRL's repetition penalty and `bluelm_hf.rewards.group_overlong_reward` (Group Overlong).
+
+Each prompt is a row's turns before its last assistant turn, and `answer` that turn's text (unless the dataset has
+an `answer` column); a `prompt` + `answer` dataset is used as is. Rollouts are in thinking mode with
+`chat_template_kwargs: {enable_thinking: true}`; a thinking budget during rollouts is set with
+`generation_kwargs: {thinking_budget: N}`: TRL passes its GenerationConfig to `model.generate`, whose BlueLM override
+reads `thinking_budget` from it and adds the ThinkingBudgetLogitsProcessor.
 """
 
+import functools
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
 
+from trl import ScriptArguments
+
 import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
-from bluelm_hf import nano_task
+from bluelm_hf.data import load_training_data, to_prompts
 from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group
+
+DEFAULT_REWARDS = [
+    "bluelm_hf.rewards.accuracy_reward",
+    "bluelm_hf.rewards.format_reward",
+    "trl.rewards.get_repetition_penalty_reward",
+    "bluelm_hf.rewards.group_overlong_reward",
+]
 
 
 @dataclass
-class BlueLMGRPOArguments:
-    dataset_size: int = field(default=2000, metadata={"help": "Prompts drawn from the nano task's train split."})
-    data_seed_offset: int = field(default=1, metadata={"help": "Generator seed (differs from SFT's by default)."})
-    reward_weights_by_name: str = field(
-        default='{"accuracy": 1.0, "format": 0.5, "repetition": 0.5, "group_overlong": 0.5}',
-        metadata={"help": "JSON mapping reward name -> weight; names from bluelm_hf.rewards."},
+class BlueLMGRPOArguments(ScriptArguments):
+    reward_funcs: list[str] = field(
+        default_factory=lambda: list(DEFAULT_REWARDS),
+        metadata={"help": "Reward functions: dotted import paths (e.g. 'bluelm_hf.rewards.group_overlong_reward') "
+                  "or names of TRL's script registry (accuracy_reward, think_format_reward, ...)."},
     )
-    reward_options: str = field(default="{}", metadata={"help": "JSON mapping reward name -> keyword options."})
-    eval_size: int = field(default=200, metadata={"help": "Held-out rows for the final check (0: skip)."})
+    reward_kwargs: str = field(
+        default="{}", metadata={"help": "JSON mapping a --reward_funcs entry -> its keyword arguments."}
+    )
     train_stage: str = field(default="full", metadata={"help": "'full', 'adapter' or 'lora' (with --use_peft)."})
 
 
-def grpo_dataset(n: int, seed: int, thinking: bool):
-    """Nano-task prompts in TRL's conversational VLM format, with the answer and a bool mode column."""
-    data = nano_task.make_dataset(n, seed=seed, split="train")
-    prompts = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in data["question"]]
-    keep = ["image", "answer"]
-    data = data.remove_columns([c for c in data.column_names if c not in keep])
-    data = data.add_column("prompt", prompts)
-    return data.add_column("thinking", [thinking] * n)
+def trl_registry() -> dict:
+    """The short names TRL's `trl/scripts/grpo.py` accepts, with the same settings."""
+    from trl.rewards import accuracy_reward, get_soft_overlong_punishment, reasoning_accuracy_reward, think_format_reward
+
+    return {
+        "accuracy_reward": accuracy_reward,
+        "reasoning_accuracy_reward": reasoning_accuracy_reward,
+        "think_format_reward": think_format_reward,
+        "get_soft_overlong_punishment": get_soft_overlong_punishment(max_completion_len=1280, soft_punish_cache=256),
+    }
 
 
-def main(script_args, training_args, model_args):
+def load_reward_funcs(names: list[str], kwargs_json: str = "{}") -> list:
+    """The reward callables for `names` (see the module docstring); ValueError naming what could not be loaded."""
+    options = json.loads(kwargs_json or "{}")
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"--reward_kwargs names {unknown}, which are not in --reward_funcs {names}")
+    registry = trl_registry()
+    funcs = []
+    for name in names:
+        kwargs = options.get(name, {})
+        if name in registry and "." not in name:
+            if kwargs:
+                raise ValueError(f"TRL's registry reward {name!r} takes no --reward_kwargs; use its dotted path")
+            funcs.append(registry[name])
+            continue
+        module_path, _, attr = name.rpartition(".")
+        try:
+            func = getattr(importlib.import_module(module_path), attr) if module_path else None
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"could not load reward function {name!r}: {error}") from None
+        if func is None:
+            raise ValueError(
+                f"could not load reward function {name!r}: expected one of {sorted(registry)} or a dotted import path"
+            )
+        if attr.startswith("get_"):  # a factory, TRL's convention
+            func = func(**kwargs)
+        elif kwargs:
+            func = functools.update_wrapper(functools.partial(func, **kwargs), func)
+        funcs.append(func)
+    return funcs
+
+
+def main(script_args, training_args, model_args, dataset_args=None):
     from transformers import AutoProcessor
     from trl import GRPOTrainer, get_peft_config
 
     report_process_group()
-
-    from bluelm_hf.rewards import build_reward_funcs
-
     if model_args.model_name_or_path is None:
-        raise ValueError("GRPO starts from an SFT'd BlueLM: pass --model_name_or_path (e.g. the bundled nano)")
+        raise ValueError("--model_name_or_path is required: GRPO starts from an SFT'd BlueLM (recipes/sft.py)")
+    reward_funcs = load_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
+    weights = training_args.reward_weights
+    if weights is not None and len(weights) != len(reward_funcs):
+        raise ValueError(f"{len(weights)} --reward_weights for {len(reward_funcs)} --reward_funcs {script_args.reward_funcs}")
+    train_dataset, _ = load_training_data(script_args, dataset_args, seed=training_args.seed)
+    train_dataset = to_prompts(train_dataset, source=script_args.dataset_name or "the mixture")
+
     model = load_pretrained_for_training(model_args)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    apply_train_stage(model, script_args.train_stage)
-
-    thinking = bool((training_args.chat_template_kwargs or {}).get("enable_thinking", False))
-    weights = json.loads(script_args.reward_weights_by_name)
-    options = json.loads(script_args.reward_options)
-    reward_funcs, reward_weights = build_reward_funcs(weights, score_fn=nano_task.score, options=options)
-    training_args.reward_weights = reward_weights
+    peft_config = get_peft_config(model_args)
+    # lora: the projector trains fully beside the adapters, so the stage wraps the model itself (see its docstring)
+    model = apply_train_stage(model, script_args.train_stage, peft_config)
 
     trainer = GRPOTrainer(
         model=model,
         args=training_args,
         reward_funcs=reward_funcs,
-        train_dataset=grpo_dataset(script_args.dataset_size, script_args.data_seed_offset, thinking),
+        train_dataset=train_dataset,
         processing_class=processor,
-        peft_config=get_peft_config(model_args),
+        peft_config=None if script_args.train_stage == "lora" else peft_config,
     )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -83,17 +135,11 @@ def main(script_args, training_args, model_args):
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
-        if script_args.eval_size:
-            from bluelm_hf.evaluation import evaluate_nano
-
-            final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-            result = evaluate_nano(final.eval(), processor, n=script_args.eval_size, thinking=True)
-            trainer.accelerator.print(f"held-out (think): {json.dumps(result)}")
     trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
-    from trl import GRPOConfig, ModelConfig, TrlParser
+    from trl import DatasetMixtureConfig, GRPOConfig, ModelConfig, TrlParser
 
-    parser = TrlParser((BlueLMGRPOArguments, GRPOConfig, ModelConfig))
+    parser = TrlParser((BlueLMGRPOArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig))
     main(*parser.parse_args_and_config())

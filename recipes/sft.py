@@ -1,16 +1,24 @@
 # Copyright 2026 The bluelm-hf authors. Apache-2.0.
-"""Supervised fine-tuning of BlueLM with TRL's SFTTrainer: thinking-mode fusion on the nano task.
+"""Supervised fine-tuning of BlueLM on any conversational VLM dataset with TRL's SFTTrainer.
 
-    python recipes/sft.py --config recipes/nano_sft.yaml
-    accelerate launch recipes/sft.py --config recipes/nano_sft.yaml
-    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sft.py --config recipes/nano_sft.yaml
+    python recipes/sft.py --model_name_or_path runs/assembled --dataset_name my_data.jsonl --output_dir runs/sft
+    python recipes/sft.py --config recipes/stages/5_sft.yaml --model_name_or_path runs/stage4 --dataset_name ...
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sft.py --config my_sft.yaml
 
-With `--model_name_or_path` unset, BlueLM-nano is built from scratch: a BPE tokenizer is trained on the task
-corpus, then a randomly initialised nano-shaped BlueLM. Otherwise any BlueLM checkpoint (a path, a Hub id, or
-one made by `bluelm_hf.assemble_bluelm`) is fine-tuned. Thinking-mode fusion: `think_ratio` of the rows carry
-a `<think>` trace, the rest answer directly; the loss is on assistant tokens only (`assistant_only_loss`,
-through the chat template's `{% generation %}` markers). TRL does not support packing or padding-free
-batches for vision datasets, so batches are padded.
+Modelled on TRL's `examples/scripts/sft_vlm.py`: TRL's `ScriptArguments` (`--dataset_name`, `--dataset_config`,
+`--dataset_train_split`, `--dataset_test_split`), `SFTConfig` and `ModelConfig`, plus a `datasets:` list in the
+YAML (TRL's `DatasetMixtureConfig`) whose `fraction`s are the probabilities of an interleaved mixture (6:4
+image:text for the joint stage). `--dataset_name` takes a `save_to_disk` folder, a JSON/JSONL/Parquet/CSV file
+(image paths relative to it), an image folder with metadata, or a Hub id (`bluelm_hf.data`). Rows are TRL's
+conversational VLM format (`messages`, `images`); text-only and image rows mix in one batch.
+
+`--model_name_or_path` is required: a BlueLM checkpoint, or one made by `bluelm-hf assemble VISION_MODEL LM OUT`
+(BlueLM-nano's random init: `recipes/nano/prepare.py`). Thinking-mode fusion comes from the data: an assistant
+turn with `reasoning_content` (or a `<think>...</think>` prefix) trains thinking mode, one without it non-thinking
+mode; `--long_cot_repeat 3 --long_cot_min_tokens N` shows rows with >= N reasoning tokens 3x as often (the paper:
+normal CoT 3 epochs, long CoT 9). The loss is on assistant tokens only (`assistant_only_loss`, through the chat
+template's `{% generation %}` markers). TRL does not support packing or padding-free batches for vision
+datasets, so batches are padded.
 """
 
 import os
@@ -21,36 +29,39 @@ from dataclasses import dataclass, field
 # has, and AVX-512 and AVX2 kernels round differently: the same recipe, seed and data then give a measurably
 # different model (BENCHMARKS.md: non-thinking accuracy 0.76-0.88 across boxes, same init). Pinning all three to
 # their AVX2 code paths gave the same weights, bit for bit, on an AVX-512 and an (emulated) AVX2 AMD CPU, for a fixed
-# number of torch threads (nano_sft.yaml: 2); an emulated Intel CPU still differs. Set before torch loads; export
+# number of torch threads (nano/sft.yaml: 2); an emulated Intel CPU still differs. Set before torch loads; export
 # another value to override.
 CPU_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 for _name, _value in CPU_NUMERICS.items():
     os.environ.setdefault(_name, _value)
 
+from trl import ScriptArguments  # noqa: E402
+
 import bluelm_hf  # noqa: E402, F401  (registers the bluelm_v Auto classes)
-from bluelm_hf import nano_task  # noqa: E402
-from bluelm_hf.assemble import init_from_scratch  # noqa: E402
+from bluelm_hf.data import load_training_data, repeat_long_cot  # noqa: E402
 from bluelm_hf.distributed import enable_fsdp_on_cpu, unsharded_class  # noqa: E402
 from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group  # noqa: E402
 
 
 @dataclass
-class BlueLMSFTArguments:
-    dataset_size: int = field(default=20_000, metadata={"help": "Training rows drawn from the nano task."})
-    data_seed_offset: int = field(default=0, metadata={"help": "Seed of the nano task generator."})
-    think_ratio: float = field(default=0.5, metadata={"help": "Share of thinking-mode rows (mode fusion)."})
-    verbose_ratio: float = field(
-        default=0.0,
-        metadata={"help": "Share of thinking rows with the verbose (over-thinking) trace, for GRPO to shorten."},
-    )
-    tokenizer_vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary when building nano."})
-    eval_size: int = field(default=200, metadata={"help": "Held-out rows for the final accuracy check (0: skip)."})
+class BlueLMSFTArguments(ScriptArguments):
     train_stage: str = field(
         default="full",
         metadata={"help": "'full', 'adapter' (projector only: ViT and LLM frozen) or 'lora' (use --use_peft)."},
     )
     vision_lr_decay: float = field(
         default=1.0, metadata={"help": "Layer-wise LR decay on the ViT (BlueLM-V-3B used 0.9); 1.0 = off."}
+    )
+    context_length: int = field(
+        default=0,
+        metadata={"help": "Long-context activation: RoPE to YaRN through the LLM config's rope_parameters, scaled "
+                  "from its max_position_embeddings to this many tokens (BlueLM-2.5: 32768); 0 = off."},
+    )
+    long_cot_min_tokens: int = field(
+        default=0, metadata={"help": "Rows with at least this many reasoning tokens count as long CoT."}
+    )
+    long_cot_repeat: int = field(
+        default=1, metadata={"help": "Times each long-CoT row appears per epoch (paper: 3, for 9 vs 3 epochs)."}
     )
     torch_threads: int = field(
         default=0,
@@ -59,7 +70,7 @@ class BlueLMSFTArguments:
     )
 
 
-def main(script_args, training_args, model_args):
+def main(script_args, training_args, model_args, dataset_args=None):
     from transformers import AutoProcessor
     from trl import SFTTrainer, get_peft_config
 
@@ -72,28 +83,24 @@ def main(script_args, training_args, model_args):
 
     from bluelm_hf.training import vision_layerwise_optimizer
 
-    if model_args.model_name_or_path is None:  # build BlueLM-nano from scratch
-        styles = ("concise", "verbose") if script_args.verbose_ratio > 0 else ("concise",)
-        tokenizer = nano_task.train_tokenizer(
-            nano_task.tokenizer_corpus(seed=script_args.data_seed_offset, styles=styles),
-            vocab_size=script_args.tokenizer_vocab_size,
+    if model_args.model_name_or_path is None:
+        raise ValueError(
+            "--model_name_or_path is required: a BlueLM checkpoint, or one built by `bluelm-hf assemble VISION_MODEL "
+            "LM OUT` (BlueLM-nano's random init: `python recipes/nano/prepare.py`)"
         )
-        model, processor = init_from_scratch(tokenizer, seed=training_args.seed)
-    else:
-        model = load_pretrained_for_training(model_args)
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    apply_train_stage(model, script_args.train_stage)
-
-    train_dataset = nano_task.make_sft_dataset(
-        script_args.dataset_size,
-        seed=script_args.data_seed_offset,
-        think_ratio=script_args.think_ratio,
-        verbose_ratio=script_args.verbose_ratio,
-        num_proc=training_args.dataset_num_proc or 1,
+    train_dataset, eval_dataset = load_training_data(script_args, dataset_args, seed=training_args.seed)
+    model = load_pretrained_for_training(model_args, context_length=script_args.context_length)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    peft_config = get_peft_config(model_args)
+    # lora: the projector trains fully beside the adapters, so the stage wraps the model itself (see its docstring)
+    model = apply_train_stage(model, script_args.train_stage, peft_config)
+    train_dataset = repeat_long_cot(
+        train_dataset, processor.tokenizer, script_args.long_cot_min_tokens, script_args.long_cot_repeat
     )
+
     if training_args.train_sampling_strategy == "group_by_length":
         # transformers' LengthGroupedSampler reads the lengths from a column; TRL keeps only messages + images of a
-        # vision dataset unless told otherwise. (For nano, grouping hurt: see recipes/nano_sft.yaml.)
+        # vision dataset unless told otherwise. (For nano, grouping hurt: see recipes/nano/sft.yaml.)
         if training_args.remove_unused_columns:
             raise ValueError(
                 "train_sampling_strategy=group_by_length needs --remove_unused_columns false: TRL drops every column "
@@ -113,14 +120,19 @@ def main(script_args, training_args, model_args):
         model=model,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=processor,
-        peft_config=get_peft_config(model_args),
+        peft_config=None if script_args.train_stage == "lora" else peft_config,
         optimizers=optimizers,
     )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     wall = time.perf_counter() - start
-    trainer.accelerator.print(f"Training wall time: {wall:.0f} s")
+    steps = max(trainer.state.global_step, 1)
+    samples = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    trainer.accelerator.print(
+        f"Training wall time: {wall:.0f} s ({samples * trainer.accelerator.num_processes / wall:.2f} samples/s)"
+    )
 
     if trainer.is_fsdp_enabled:  # a sharded state dict is for resuming; the final folder is a whole model
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -129,18 +141,11 @@ def main(script_args, training_args, model_args):
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
         model.generation_config.save_pretrained(training_args.output_dir)
-        if script_args.eval_size:
-            from bluelm_hf.evaluation import evaluate_nano
-
-            final = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-            for thinking in (True, False):
-                result = evaluate_nano(final.eval(), processor, n=script_args.eval_size, thinking=thinking)
-                trainer.accelerator.print(f"held-out ({'think' if thinking else 'no-think'}): {result}")
     trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, TrlParser
 
-    parser = TrlParser((BlueLMSFTArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((BlueLMSFTArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
     main(*parser.parse_args_and_config())

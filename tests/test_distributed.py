@@ -78,11 +78,15 @@ def assert_one_group_of_two(output: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_process_sft(tmp_path, launcher):
+    import bluelm_hf
+    from bluelm_hf import nano_task
+
     sft_dir = tmp_path / "sft"
+    nano_task.make_sft_dataset(16).save_to_disk(str(tmp_path / "data"))
     out = launch(
-        launcher, "sft.py", "--config", str(ROOT / "recipes/nano_sft.yaml"),
-        "--output_dir", str(sft_dir), "--max_steps", "2", "--dataset_size", "16",
-        "--per_device_train_batch_size", "2", "--eval_size", "0", "--save_strategy", "no",
+        launcher, "sft.py", "--config", str(ROOT / "recipes/nano/sft.yaml"), "--model_name_or_path", str(bluelm_hf.NANO),
+        "--dataset_name", str(tmp_path / "data"), "--output_dir", str(sft_dir), "--max_steps", "2",
+        "--per_device_train_batch_size", "2", "--save_strategy", "no",
         "--dataloader_num_workers", "0", "--logging_steps", "1",
     )  # fmt: skip
     assert_one_group_of_two(out)
@@ -96,12 +100,15 @@ def test_two_process_grpo(tmp_path, launcher):
     InternVL-style tile count, `crop_to_patches` / `num_patches`, and a processor output of model inputs only)."""
     import bluelm_hf
 
+    from bluelm_hf import nano_task
+
     grpo_dir = tmp_path / "grpo"
+    nano_task.make_sft_dataset(8, seed=1, think_ratio=1.0).save_to_disk(str(tmp_path / "data"))
     out = launch(
-        launcher, "grpo.py", "--config", str(ROOT / "recipes/nano_grpo.yaml"),
-        "--model_name_or_path", str(bluelm_hf.NANO), "--output_dir", str(grpo_dir), "--max_steps", "2",
-        "--dataset_size", "8", "--per_device_train_batch_size", "2", "--num_generations", "2",
-        "--max_completion_length", "8", "--eval_size", "0", "--logging_steps", "1",
+        launcher, "grpo.py", "--config", str(ROOT / "recipes/nano/grpo.yaml"),
+        "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(tmp_path / "data"),
+        "--output_dir", str(grpo_dir), "--max_steps", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
+        "--max_completion_length", "8", "--logging_steps", "1",
     )  # fmt: skip
     assert_one_group_of_two(out)
     assert "GRPO wall time" in out and "2 process(es)" in out
@@ -113,16 +120,16 @@ def test_two_process_grpo(tmp_path, launcher):
 DDP_MARK = "find_unused_parameters=True was specified in DDP constructor"  # what the silent DDP fallback logs
 
 
-def sft_args(output_dir: Path, *extra: str) -> list[str]:
+def sft_args(output_dir: Path, data_dir: Path, *extra: str) -> list[str]:
     """Fine-tune the bundled nano for 4 steps at a learning rate that moves the weights, checkpoints at 2 and 4."""
     import bluelm_hf
 
     return [
-        str(ROOT / "recipes/sft.py"), "--config", str(ROOT / "recipes/nano_sft.yaml"),
-        "--model_name_or_path", str(bluelm_hf.NANO), "--output_dir", str(output_dir),
-        "--max_steps", "4", "--dataset_size", "16", "--per_device_train_batch_size", "2", "--eval_size", "0",
+        str(ROOT / "recipes/sft.py"), "--config", str(ROOT / "recipes/nano/sft.yaml"),
+        "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(data_dir), "--output_dir", str(output_dir),
+        "--max_steps", "4", "--per_device_train_batch_size", "2",
         "--learning_rate", "1e-3", "--warmup_steps", "0", "--save_strategy", "steps", "--save_steps", "2",
-        "--save_total_limit", "3", "--logging_steps", "1", "--dataset_num_proc", "1", "--torch_threads", "1", *extra,
+        "--save_total_limit", "3", "--logging_steps", "1", "--torch_threads", "1", *extra,
     ]  # fmt: skip
 
 
@@ -168,15 +175,18 @@ def assert_split_across_two_ranks(shard_dir: Path, min_rows: int = 2) -> int:
 def fsdp2_runs(tmp_path_factory):
     """One uninterrupted FSDP2 run through accelerate (recipes/accelerate/fsdp2.yaml), and one resumed from its step-2
     checkpoint through torchrun with the trainer's own --fsdp flags: the two ways docs/distributed.md gives."""
+    from bluelm_hf import nano_task
+
     base = tmp_path_factory.mktemp("fsdp2")
+    nano_task.make_sft_dataset(16).save_to_disk(str(base / "data"))
     accelerate_cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes/accelerate/fsdp2.yaml"),
         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
     ]  # fmt: skip
-    full_log = run([*accelerate_cmd, *sft_args(base / "full")])
+    full_log = run([*accelerate_cmd, *sft_args(base / "full", base / "data")])
     resumed_log = run(
         torchrun(
-            *sft_args(base / "resumed", "--resume_from_checkpoint", str(base / "full/checkpoint-2")),
+            *sft_args(base / "resumed", base / "data", "--resume_from_checkpoint", str(base / "full/checkpoint-2")),
             "--fsdp", "--fsdp_config", str(FSDP2_TRAINER_CONFIG),
         )
     )

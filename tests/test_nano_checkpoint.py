@@ -109,14 +109,14 @@ def test_a_home_relative_path_that_exists_loads(tmp_path, monkeypatch):
 
 
 def test_model_card_states_the_recipe_the_yaml_holds():
-    """The shipped weights are what `recipes/nano_sft.yaml` re-creates bit for bit (BENCHMARKS.md), so a change to
+    """The shipped weights are what `recipes/nano/sft.yaml` re-creates bit for bit (BENCHMARKS.md), so a change to
     the YAML (a seed, a step count) without re-training and re-shipping nano must not go unnoticed: the bundled
     card's hyperparameter table, rendered from the YAML when nano was shipped, must still equal it."""
     import re
     from pathlib import Path
 
     yaml = pytest.importorskip("yaml")
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "nano_sft.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "nano" / "sft.yaml"
     settings = yaml.safe_load(recipe.read_text())
     card = (bluelm_hf.NANO / "README.md").read_text()
     table = dict(re.findall(r"^\| `(\w+)` \| `(.*)` \|$", card, flags=re.M))

@@ -265,14 +265,46 @@ def test_tokenizer_corpus_holds_the_requested_trace_styles():
         list(nano_task.tokenizer_corpus(n=2, styles=("terse",)))
 
 
-def test_the_sft_recipe_builds_the_shipped_tokenizer():
-    """recipes/nano_sft.yaml (concise traces, data seed 0, vocab 512) re-creates the shipped tokenizer exactly:
-    same BPE ids, so the same seeded init (BENCHMARKS.md: a different corpus gave a differently trained nano)."""
+def test_the_nano_prepare_script_builds_the_shipped_tokenizer(tmp_path):
+    """recipes/nano/prepare.py's defaults (concise traces, data seed 0, vocab 512) re-create the shipped tokenizer
+    exactly: same BPE ids, so the same seeded init (BENCHMARKS.md: a different corpus gave a differently trained
+    nano). Its init has the shipped nano's config."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
     from bluelm_hf import NANO
 
+    spec = importlib.util.spec_from_file_location("prepare", Path(__file__).parents[1] / "recipes/nano/prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    args = prepare.build_parser().parse_args(["--output_dir", str(tmp_path), "--dataset_size", "4", "--grpo_size", "2"])
+    prepare.main(args)
     shipped = AutoTokenizer.from_pretrained(NANO)
-    rebuilt = nano_task.train_tokenizer(nano_task.tokenizer_corpus(seed=0), vocab_size=512)
+    rebuilt = AutoTokenizer.from_pretrained(tmp_path / "init")
     assert rebuilt.get_vocab() == shipped.get_vocab()
     assert rebuilt.backend_tokenizer.to_str() == shipped.backend_tokenizer.to_str()
+    config = {k: v for k, v in json.loads((tmp_path / "init/config.json").read_text()).items() if k != "transformers_version"}
+    # The trainer sets use_cache False in the config it saves; everything else is the init's.
+    shipped_config = {k: v for k, v in json.loads((NANO / "config.json").read_text()).items()
+                      if k not in ("transformers_version", "use_cache")}
+    assert config == shipped_config
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--n", "0"], "--n must be >= 1, got 0"),
+        (["--n", "-5"], "--n must be >= 1, got -5"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--budget", "-1"], "--budget must be >= 0, got -1"),
+    ],
+)
+def test_eval_refuses_bad_counts_before_loading_anything(argv, message):
+    """`bluelm-hf eval --n 0` crashed deep inside datasets (`ValueError: Keys mismatch`); now a usage error."""
+    from bluelm_hf.cli import main
+
+    with pytest.raises(SystemExit, match=re.escape(f"bluelm-hf eval: {message}")):
+        main(["eval", *argv])

@@ -179,13 +179,14 @@ def test_qlora_sft_recipe_trains_adapters_on_a_4bit_llm(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "qlora"
+    data = tmp_path / "data"
+    nano_task.make_sft_dataset(24, seed=0).save_to_disk(str(data))
     cmd = [
-        sys.executable, str(root / "recipes/sft.py"), "--config", str(root / "recipes/nano_sft.yaml"),
+        sys.executable, str(root / "recipes/sft.py"), "--config", str(root / "recipes/nano/sft.yaml"),
         "--model_name_or_path", str(bluelm_hf.NANO), "--load_in_4bit", "--use_peft", "--train_stage", "lora",
         "--lora_r", "4", "--lora_target_modules", r".*language_model.*\.(q_proj|v_proj|down_proj)",
-        "--output_dir", str(out), "--max_steps", "3", "--dataset_size", "24", "--per_device_train_batch_size", "4",
-        "--eval_size", "0", "--save_strategy", "no", "--logging_steps", "1", "--warmup_steps", "0",
-        "--learning_rate", "1e-2",
+        "--dataset_name", str(data), "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "4",
+        "--save_strategy", "no", "--logging_steps", "1", "--warmup_steps", "0", "--learning_rate", "1e-2",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
@@ -212,8 +213,20 @@ def test_qlora_sft_recipe_trains_adapters_on_a_4bit_llm(tmp_path):
     assert trainable_names and all("lora_" in name for name in trainable_names)
 
 
-def _run_sft_recipe(out, prefix=(), env_overrides=None, steps=2):
-    """A few steps of `recipes/sft.py --config recipes/nano_sft.yaml` from scratch; returns the saved weights."""
+def _prepare_nano(root, work, steps):
+    """`recipes/nano/prepare.py` for `16 x steps` rows: the nano's init and SFT set, on disk."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(root / "recipes/nano/prepare.py"), "--output_dir", str(work / "nano"),
+           "--dataset_size", str(16 * steps), "--grpo_size", "0", "--num_proc", "1"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return work / "nano"
+
+
+def _run_sft_recipe(out, nano, prefix=(), env_overrides=None, steps=2):
+    """A few steps of `recipes/sft.py --config recipes/nano/sft.yaml` from the nano's init; returns the saved weights."""
     import os
     import subprocess
     import sys
@@ -223,9 +236,10 @@ def _run_sft_recipe(out, prefix=(), env_overrides=None, steps=2):
 
     root = Path(__file__).resolve().parents[1]
     cmd = [
-        *prefix, sys.executable, str(root / "recipes/sft.py"), "--config", str(root / "recipes/nano_sft.yaml"),
-        "--output_dir", str(out), "--max_steps", str(steps), "--dataset_size", str(16 * steps), "--eval_size", "0",
-        "--dataset_num_proc", "1", "--save_strategy", "no", "--logging_steps", "1", "--warmup_steps", "1",
+        *prefix, sys.executable, str(root / "recipes/sft.py"), "--config", str(root / "recipes/nano/sft.yaml"),
+        "--model_name_or_path", str(nano / "init"), "--dataset_name", str(nano / "sft-data"),
+        "--output_dir", str(out), "--max_steps", str(steps), "--save_strategy", "no", "--logging_steps", "1",
+        "--warmup_steps", "1",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_overrides or {})}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out.parent, timeout=900)
@@ -235,7 +249,7 @@ def _run_sft_recipe(out, prefix=(), env_overrides=None, steps=2):
 
 @pytest.mark.slow
 def test_sft_recipe_gives_the_same_weights_bit_for_bit_on_another_cpu(tmp_path):
-    """recipes/sft.py pins torch, MKL and oneDNN to their AVX2 kernels (and nano_sft.yaml to 2 threads and fused
+    """recipes/sft.py pins torch, MKL and oneDNN to their AVX2 kernels (and nano/sft.yaml to 2 threads and fused
     AdamW), so the nano recipe's weights do not depend on which AMD CPU runs it: here, this machine against an
     emulated AMD EPYC (Zen 2, AVX2 only) under qemu-user. On an AVX-512 machine the unpinned kernels give other
     weights."""
@@ -253,8 +267,9 @@ def test_sft_recipe_gives_the_same_weights_bit_for_bit_on_another_cpu(tmp_path):
         # AMD machine's after one step (BENCHMARKS.md). Same-vendor reproducibility on Intel is not checked yet.
         pytest.skip("checked on AMD CPUs only; this is not one")
 
-    native = _run_sft_recipe(tmp_path / "native")
-    emulated = _run_sft_recipe(tmp_path / "emulated", prefix=("qemu-x86_64", "-cpu", "EPYC-Rome"))
+    nano = _prepare_nano(Path(__file__).resolve().parents[1], tmp_path, steps=2)
+    native = _run_sft_recipe(tmp_path / "native", nano)
+    emulated = _run_sft_recipe(tmp_path / "emulated", nano, prefix=("qemu-x86_64", "-cpu", "EPYC-Rome"))
     assert native.keys() == emulated.keys()
     differ = [name for name in native if not torch.equal(native[name], emulated[name])]
     assert not differ, f"{len(differ)} of {len(native)} tensors differ between the CPUs, e.g. {differ[:3]}"
@@ -262,6 +277,7 @@ def test_sft_recipe_gives_the_same_weights_bit_for_bit_on_another_cpu(tmp_path):
     if torch.backends.cpu.get_cpu_capability() == "AVX512":  # what the pinning prevents
         unpinned = _run_sft_recipe(
             tmp_path / "unpinned",
+            nano,
             env_overrides={"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "ALL"},
         )
         assert any(not torch.equal(native[name], unpinned[name]) for name in native), (

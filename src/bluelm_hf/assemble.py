@@ -5,8 +5,10 @@ vivo released no BlueLM weights, so the path users take is: a pretrained SigLIP/
 joined by a freshly initialised downsampler+MLP projector, then trained (recipes/).
 """
 
+import copy
+
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, SiglipVisionModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel
 
 from .configuration_bluelm_v import (
     IMAGE_END_TOKEN,
@@ -56,11 +58,15 @@ def assemble_bluelm(
     Args:
         vision_model: path or Hub id of a fixed-resolution SigLIP/SigLIP2 checkpoint (full or vision-only).
         text_model: path or Hub id of a causal LM with its tokenizer.
-        dtype: dtype to load both parts in (default: their saved dtype).
+        dtype: one dtype for the whole model (default: the LM's saved dtype, e.g. bfloat16 for Qwen3). The vision
+            tower, projector and LLM are all cast to it and the config records it, so an image forward never mixes
+            dtypes and a reload keeps it.
         **config_kwargs: `BlueLMVConfig` fields, e.g. `max_grid_size=3`, `projector_hidden_size=...`.
 
-    The BlueLM special tokens are added to the tokenizer and the LLM embeddings resized; the projector is
-    freshly initialised. Returns `(model, processor)`, both ready for `save_pretrained`.
+    The BlueLM special tokens are added to the tokenizer and the LLM embeddings grown if they have no room for
+    them (never shrunk: Qwen's 151,936 rows stay); the projector is freshly initialised from the config's
+    `initializer_range` (the LM's); the LM's generation defaults (sampling settings, eos list) are kept. Returns
+    `(model, processor)`, both ready for `save_pretrained`.
     """
     vision_type = AutoConfig.from_pretrained(vision_model).model_type
     if vision_type not in _VISION_MODEL_TYPES:
@@ -68,9 +74,14 @@ def assemble_bluelm(
             f"{vision_model!r} is a {vision_type!r} model; BlueLM needs a fixed-resolution SigLIP/SigLIP2 "
             f"vision tower ({' or '.join(_VISION_MODEL_TYPES)}), e.g. google/siglip2-so400m-patch14-384"
         )
-    load_kwargs = {"dtype": dtype} if dtype is not None else {}
-    vision = SiglipVisionModel.from_pretrained(vision_model, vision_use_head=False, **load_kwargs)
-    text = AutoModelForCausalLM.from_pretrained(text_model, **load_kwargs)
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16' or 'float32'")
+        dtype = getattr(torch, dtype)
+    text = AutoModelForCausalLM.from_pretrained(text_model, dtype=dtype if dtype is not None else "auto")
+    dtype = text.dtype if dtype in (None, "auto") else dtype
+    text = text.to(dtype)
+    vision = SiglipVisionModel.from_pretrained(vision_model, vision_use_head=False, dtype=dtype).to(dtype)
     tokenizer = AutoTokenizer.from_pretrained(text_model)
     token_ids = add_bluelm_special_tokens(tokenizer)
 
@@ -81,20 +92,27 @@ def assemble_bluelm(
         **token_ids,
         **config_kwargs,
     )
+    for part in (config, config.vision_config, config.text_config):
+        part.dtype = dtype
     with torch.device("meta"):
         model = BlueLMVForConditionalGeneration(config)
     # Reuse the loaded modules instead of copying weights: no second copy of a 3B model in memory.
     model.model.vision_tower = vision
     model.model.language_model = text.model
     model.lm_head = text.lm_head
-    model.model.multi_modal_projector = BlueLMVMultiModalProjector(config).to(
-        dtype=text.lm_head.weight.dtype
-    )
+    projector = BlueLMVMultiModalProjector(config)
+    projector.apply(model._init_weights)  # normal(0, initializer_range), zero bias, as a from-config model
+    model.model.multi_modal_projector = projector.to(dtype)
     if config.tie_word_embeddings:
         model.tie_weights()
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model.generation_config = GenerationConfig.from_model_config(text.config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.generation_config = copy.deepcopy(text.generation_config)
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id not in eos:
+        eos.insert(0, tokenizer.eos_token_id)
+    model.generation_config.eos_token_id = eos[0] if len(eos) == 1 else eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     return model, build_processor(config, tokenizer)

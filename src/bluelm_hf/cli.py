@@ -1,4 +1,4 @@
-"""`bluelm-hf` command line: info, chat, eval, export, card."""
+"""`bluelm-hf` command line: info, chat, eval, assemble, export, card."""
 
 import argparse
 import sys
@@ -80,6 +80,10 @@ def cmd_chat(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
+    for flag, value, low in (("--n", args.n, 1), ("--batch-size", args.batch_size, 1), ("--budget", args.budget, 0)):
+        if value is not None and value < low:
+            raise SystemExit(f"bluelm-hf eval: {flag} must be >= {low}, got {value}")
+
     from .evaluation import evaluate_nano
     from .inference import load
 
@@ -89,6 +93,18 @@ def cmd_eval(args) -> int:
     )
     result["model"] = str(args.model or "bluelm-nano (bundled)")
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def cmd_assemble(args) -> int:
+    from .assemble import assemble_bluelm
+
+    model, processor = assemble_bluelm(args.vision_model, args.lm, dtype=args.dtype, max_grid_size=args.max_grid_size)
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"BlueLM assembled from {args.vision_model} + {args.lm}: {count / 1e9:.3f}B parameters, {model.dtype}, "
+          f"saved to {args.out}; next: recipes/stages/1_adapter.yaml (recipes/README.md)")
     return 0
 
 
@@ -131,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON line")
     _add_generation_args(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    assemble = sub.add_parser(
+        "assemble", help="build a BlueLM checkpoint from a SigLIP vision tower and a causal LM (projector untrained)"
+    )
+    assemble.add_argument("vision_model", help="SigLIP/SigLIP2 checkpoint (path or Hub id)")
+    assemble.add_argument("lm", help="causal LM with its tokenizer (path or Hub id)")
+    assemble.add_argument("out", help="output folder")
+    assemble.add_argument("--dtype", default=None, help="one dtype for the whole model (default: the LM's)")
+    assemble.add_argument("--max-grid-size", type=int, default=4, help="AnyRes grid limit (default 4: up to 4x4 tiles)")
+    assemble.set_defaults(func=cmd_assemble)
 
     from .export import add_export_subcommand
     from .model_card import add_card_subcommand

@@ -61,7 +61,7 @@ def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None
         if not (NANO / "config.json").exists():
             raise FileNotFoundError(
                 f"BlueLM-nano is not bundled at {NANO}; pass a model path or Hub id, or train it with "
-                "`python recipes/sft.py --config recipes/nano_sft.yaml`."
+                "`python recipes/nano/prepare.py && python recipes/sft.py --config recipes/nano/sft.yaml`."
             )
         path = NANO
     if isinstance(path, Path):

@@ -16,17 +16,45 @@ TRAIN_STAGES = ("full", "adapter", "lora")
 _LAYER_RE = re.compile(r"vision_tower\..*?layers\.(\d+)\.")
 
 
-def load_pretrained_for_training(model_args):
+def yarn_rope_parameters(text_config, context_length: int) -> dict:
+    """The LLM's `rope_parameters` switched to YaRN (BlueLM-2.5's long-context activation), scaled from its
+    `max_position_embeddings` (the trained context) to `context_length` tokens."""
+    original = text_config.max_position_embeddings
+    if not (isinstance(context_length, int) and context_length > original):
+        raise ValueError(
+            f"context_length must be an int above the model's max_position_embeddings ({original}), got "
+            f"{context_length!r}: YaRN extends a context, it does not shorten one"
+        )
+    current = dict(text_config.rope_parameters or {})
+    if current.get("rope_type", "default") not in ("default", "yarn"):
+        raise ValueError(f"the LLM already uses {current['rope_type']!r} RoPE scaling; YaRN replaces only 'default'")
+    return {
+        "rope_type": "yarn",
+        "rope_theta": current.get("rope_theta", getattr(text_config, "rope_theta", 10000.0)),
+        "factor": context_length / original,
+        "original_max_position_embeddings": original,
+    }
+
+
+def load_pretrained_for_training(model_args, context_length: int = 0):
     """`AutoModelForImageTextToText.from_pretrained` for the recipes, from TRL's `ModelConfig`.
+
+    `context_length` > 0 is the long-context stage: the LLM's RoPE becomes YaRN (`yarn_rope_parameters`) and its
+    `max_position_embeddings` is raised to `context_length`, in the config that is loaded, trained and saved.
 
     QLoRA: `--load_in_4bit` (or `--load_in_8bit`) with `--use_peft` quantizes the LLM only, through TRL's
     `get_quantization_config` (the vision tower and projector stay unquantized through the model's
     `_keep_in_fp32_modules`, the tied lm_head through transformers' default skip list), then PEFT's `prepare_model_for_kbit_training` freezes the base weights and keeps the
     float modules in float32. The adapters are added by the trainer from `--use_peft`.
     """
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     kwargs = {"dtype": model_args.dtype}
+    if context_length:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        config.text_config.rope_parameters = yarn_rope_parameters(config.text_config, context_length)
+        config.text_config.max_position_embeddings = context_length
+        kwargs["config"] = config
     quantized = model_args.load_in_4bit or model_args.load_in_8bit
     if quantized:
         if not model_args.use_peft:
@@ -180,4 +208,5 @@ __all__ = [
     "sequence_lengths",
     "vision_layerwise_optimizer",
     "vision_layerwise_param_groups",
+    "yarn_rope_parameters",
 ]
