@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+from PIL import Image
 from conftest import TILE, random_image, tiny_config
 from transformers import (
     AutoConfig,
@@ -97,8 +98,108 @@ def test_model_rejects_features_placeholder_mismatch(tiny_model, tiny_processor)
         tiny_model(input_ids=ids, pixel_values=batch["pixel_values"], image_grids=batch["image_grids"])
     with pytest.raises(ValueError, match=r"image_grids describe \d+ tiles"):
         tiny_model(**{**batch, "pixel_values": batch["pixel_values"][:-1]})
-    with pytest.raises(ValueError, match="no pixel_values"):
-        tiny_model(input_ids=batch["input_ids"])
+    # Image tokens without features are not the model's error: generate runs assisted decoding's first pass that way.
+    # The user who forgot the image gets the processor's error (test_forgotten_image_is_a_processor_error).
+    with torch.no_grad():
+        assert tiny_model(input_ids=batch["input_ids"]).logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_forgotten_image_is_a_processor_error(tiny_processor):
+    with pytest.raises(ValueError, match=r"Found 1 <image> tokens in the text but no images were passed"):
+        tiny_processor(text=["[|Human|]:<image>How many red cells?[|AI|]:"], return_tensors="pt")
+
+
+def strip_left_padding(row, mask_row):
+    return row[mask_row.bool()] if mask_row is not None else row
+
+
+@pytest.fixture(scope="module")
+def nano():
+    from bluelm_hf import NANO
+    from bluelm_hf.inference import load
+
+    return load(NANO)
+
+
+def nano_rows(processor, n: int, seed: int = 5):
+    """(prompt, image) of `n` held-out nano questions: the trained nano's answers depend on the image (a random tiny
+    model answers the same tokens whatever it sees)."""
+    from bluelm_hf import nano_task
+
+    data = nano_task.make_dataset(n, seed=seed, split="eval")
+    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in data["question"]]
+    return [(processor.apply_chat_template(m, add_generation_prompt=True), im) for m, im in zip(messages, data["image"])]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_beams=2),
+        dict(num_beams=2, num_return_sequences=2),
+        dict(do_sample=True, top_k=1, num_return_sequences=3),  # top-1 sampling is greedy, with 3 copies per row
+    ],
+    ids=["beams", "beams-return-2", "sample-return-3"],
+)
+def test_beams_and_return_sequences_keep_each_rows_images(nano, kwargs):
+    """Each returned sequence equals generating its row alone: generate repeats each row's own image features."""
+    model, processor = nano
+    rows = nano_rows(processor, 3)
+    processor.tokenizer.padding_side = "left"
+    batch = processor(text=[t for t, _ in rows], images=[im for _, im in rows], padding=True, return_tensors="pt")
+    common = dict(max_new_tokens=8, min_new_tokens=8, **kwargs)
+    out = model.generate(**batch, **common)
+    copies = kwargs.get("num_return_sequences", 1)
+    assert out.shape[0] == len(rows) * copies
+    new = out[:, batch["input_ids"].shape[1] :]
+    alone = []
+    for text, image in rows:
+        single = processor(text=[text], images=[image], return_tensors="pt")
+        alone.append(model.generate(**single, **common)[:, single["input_ids"].shape[1] :])
+        assert torch.equal(new[len(alone) * copies - copies : len(alone) * copies], alone[-1]), (new, alone)
+    assert len({tuple(a[0].tolist()) for a in alone}) > 1  # the rows' answers differ: a swapped image would show
+
+
+def test_assisted_decoding_with_an_image_prompt(tiny_model, tiny_processor):
+    """transformers runs the assistant's first forward without image inputs; the result is plain greedy's."""
+    batch = batch_inputs(tiny_processor, ROWS[1:2])
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assisted = tiny_model.generate(**batch, assistant_model=tiny_model, **kwargs)
+    assert torch.equal(assisted, tiny_model.generate(**batch, **kwargs))
+
+
+def test_image_features_return_vision_hidden_states_and_attentions(tiny_model, tiny_processor):
+    batch = batch_inputs(tiny_processor, ROWS, with_grids=True)
+    eager = BlueLMVForConditionalGeneration._from_config(copy.deepcopy(tiny_model.config), attn_implementation="eager")
+    eager.load_state_dict(tiny_model.state_dict())  # sdpa returns no attention weights
+    with torch.no_grad():
+        out = eager.get_image_features(
+            batch["pixel_values"], batch["image_grids"], output_hidden_states=True, output_attentions=True
+        )
+    layers = tiny_model.config.vision_config.num_hidden_layers
+    num_tiles = batch["pixel_values"].shape[0]  # > vision_batch_size: the chunks' layers are joined
+    assert num_tiles > tiny_model.config.vision_batch_size
+    assert len(out.hidden_states) == layers + 1 and len(out.attentions) == layers
+    assert out.hidden_states[-1].shape[0] == num_tiles and out.attentions[0].shape[0] == num_tiles
+    assert [len(f) for f in out.pooler_output] == [
+        tiny_processor.image_processor.get_num_tiles_from_grid(g) * tiny_model.config.image_tokens_per_tile
+        for g in batch["image_grids"]
+    ]
+
+
+def test_generate_rejects_a_prompt_longer_than_the_context(tiny_model, tiny_processor):
+    context = tiny_model.config.text_config.max_position_embeddings
+    text = "[|Human|]:<image>" + "the quick brown fox " * context + "[|AI|]:"
+    batch = tiny_processor(text=[text], images=[random_image(4 * TILE, TILE)], return_tensors="pt")
+    length, n_image = batch["input_ids"].shape[1], int((batch["input_ids"] == tiny_processor.image_token_id).sum())
+    with pytest.raises(ValueError, match=rf"prompt has {length} tokens \({n_image} of them image tokens\).*context is {context}"):
+        tiny_model.generate(**batch, max_new_tokens=2)
+
+
+def test_loading_a_checkpoint_of_another_model_type_is_a_clear_error(tmp_path):
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    llm.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a 'llama' checkpoint, not a 'bluelm_v' one"):
+        BlueLMVForConditionalGeneration.from_pretrained(tmp_path)
 
 
 def test_greedy_generation_with_and_without_cache(tiny_model, tiny_processor):
@@ -204,6 +305,32 @@ def test_image_text_to_text_pipeline(tiny_model, tiny_processor):
     out = pipe(text=messages, max_new_tokens=4, do_sample=False)
     assert isinstance(out[0]["generated_text"], list)
     assert out[0]["generated_text"][-1]["role"] == "assistant"
+
+
+def test_image_text_to_text_pipeline_sees_the_image():
+    """The pipeline's answer, from the shipped nano, is generate's on the same image and differs from its answer about a
+    blank image, so it fails when image features never reach the LLM (a random tiny model answers the same tokens
+    whatever the image)."""
+    from bluelm_hf import NANO, nano_task
+    from bluelm_hf.inference import load
+
+    model, processor = load(NANO)
+    pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    example = nano_task.make_dataset(1, seed=5, split="eval")[0]
+    kwargs = dict(max_new_tokens=12, do_sample=False)
+
+    def answer(image):
+        messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": example["question"]}]}]
+        return pipe(text=messages, return_full_text=False, generate_kwargs=kwargs)[0]["generated_text"]
+
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}],
+        add_generation_prompt=True,
+    )
+    batch = processor(text=[prompt], images=[example["image"]], return_tensors="pt")
+    direct = model.generate(**batch, **kwargs)[0, batch["input_ids"].shape[1] :]
+    assert answer(example["image"]) == processor.decode(direct, skip_special_tokens=True)
+    assert answer(example["image"]) != answer(Image.new("RGB", example["image"].size, "white"))
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -336,3 +463,22 @@ def test_generate_thinking_budget_from_generation_config(tiny_model, tiny_proces
     # an explicit argument wins over the generation config
     out = tiny_model.generate(input_ids=prompt, generation_config=config, thinking_budget=0)[0, prompt.shape[1] :]
     assert out[: len(message) + 1].tolist() == [*message, end]
+
+
+def test_forward_compiles_as_one_graph(tiny_model, tiny_processor):
+    """`_can_compile_fullgraph`: the forward with images traces without graph breaks, and generating with a static
+    cache and a fullgraph-compiled forward gives eager's tokens. (Dynamo's `eager` backend: the graph capture is
+    what is checked; no C++ compiler is needed.)"""
+    import torch._dynamo
+
+    assert type(tiny_model)._can_compile_fullgraph
+    batch = batch_inputs(tiny_processor, ROWS, padding_side="left")
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny_model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**batch).logits, tiny_model(**batch).logits)
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, cache_implementation="static")
+    expected = tiny_model.generate(**batch, **{**kwargs, "cache_implementation": None})
+    model = copy.copy(tiny_model)
+    model.forward = torch.compile(tiny_model.forward, fullgraph=True, backend="eager")
+    assert torch.equal(model.generate(**batch, **kwargs), expected)

@@ -33,15 +33,7 @@ except ImportError as error:  # remote code loaded by an older transformers (e.g
 from .configuration_bluelm_v import BlueLMVConfig
 
 
-def tiles_per_image(image_grids: torch.Tensor, use_thumbnail: bool = True) -> torch.Tensor:
-    """Tiles of each image from its AnyRes grid: rows*cols, plus a thumbnail when the grid has >1 tile.
-
-    image_grids: (num_images, 2) as (num_rows, num_cols).
-    """
-    grid_tiles = image_grids[:, 0] * image_grids[:, 1]
-    if use_thumbnail:
-        return grid_tiles + (grid_tiles > 1).to(grid_tiles.dtype)
-    return grid_tiles
+from .image_processing_bluelm_v import num_tiles_for_grid
 
 
 class BlueLMVMultiModalProjector(nn.Module):
@@ -92,13 +84,32 @@ class BlueLMVPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    # forward traces as one graph (torch.compile(fullgraph=True), tested); with `image_grids`, get_image_features'
+    # per-image split reads them on the host, which generate does once, outside the compiled decoding steps.
+    _can_compile_fullgraph = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint of another model type (its config would be read as
+        a BlueLM config with default sizes, then fail with a size-mismatch error on the first weight)."""
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            hub_keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            hub_kwargs = {key: kwargs[key] for key in hub_keys if key in kwargs}
+            config_dict, _ = cls.config_class.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            model_type = config_dict.get("model_type")
+            if model_type is not None and model_type != cls.config_class.model_type:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path} holds a {model_type!r} checkpoint, not a "
+                    f"{cls.config_class.model_type!r} one: load it with AutoModel / its own class, or build a BlueLM "
+                    "from it with bluelm_hf.assemble_bluelm(vision_model, text_model)."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
 @dataclass
 class BlueLMVModelOutputWithPast(MultimodalBaseModelOutputWithPast):
-    r"""The language model's outputs plus `image_outputs`: `get_image_features`' output (`pooler_output` holds one
-    `(tiles_i * tokens_per_tile, hidden_size)` tensor of projected features per image), `None` without images."""
+    r"""The language model's outputs plus `image_outputs`: `get_image_features`' output (`pooler_output` holds the
+    projected features per image, or per tile without `image_grids`), `None` without images."""
 
 
 @dataclass
@@ -119,17 +130,22 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         image_grids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""
         pixel_values (`torch.Tensor` of shape `(num_tiles, 3, tile, tile)`):
             All AnyRes tiles of all images of the batch, image after image (grid tiles row-major, then the thumbnail).
         image_grids (`torch.LongTensor` of shape `(num_images, 2)`, *optional*):
-            (num_rows, num_cols) of each image's grid; used to split features per image. Without it all tiles
-            are taken as one image.
+            (num_rows, num_cols) of each image's grid (the processor's output), used to split features per image.
 
-        Returns `pooler_output`: a list with one `(tiles_i * tokens_per_tile, hidden_size)` tensor per image.
-        Tiles go through the ViT in chunks of `config.vision_batch_size`, so cost is linear in the tile count.
+        Returns `pooler_output`: a list with one `(tiles_i * tokens_per_tile, hidden_size)` tensor per image, or,
+        without `image_grids`, one `(tokens_per_tile, hidden_size)` tensor per tile. Either way every sample's
+        placeholders match a whole run of entries, which is what `generate` needs to repeat each sample's features
+        for beams and `num_return_sequences`. `hidden_states` / `attentions` are the vision tower's, per layer,
+        when asked for. Tiles go through the ViT in chunks of `config.vision_batch_size`, so cost is linear in the
+        tile count.
         """
         if pixel_values.dim() != 4:
             raise ValueError(
@@ -137,24 +153,37 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
             )
         num_tiles = pixel_values.shape[0]
         if image_grids is not None:
-            counts = tiles_per_image(image_grids, self.config.use_thumbnail).tolist()
+            counts = [num_tiles_for_grid(rows, cols, self.config.use_thumbnail) for rows, cols in image_grids.tolist()]
             if sum(counts) != num_tiles:
                 raise ValueError(
                     f"image_grids describe {sum(counts)} tiles ({counts} per image) but pixel_values has "
                     f"{num_tiles} tiles"
                 )
         else:
-            counts = [num_tiles]
+            counts = [1] * num_tiles
 
         pixel_values = pixel_values.to(self.vision_tower.dtype)
-        hidden = [
-            self.vision_tower(pixel_values=chunk, return_dict=True).last_hidden_state
+        # Unset flags are left out, so the vision config's output_hidden_states / output_attentions apply.
+        flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        flags = {name: value for name, value in flags.items() if value is not None}
+        chunks = [
+            self.vision_tower(pixel_values=chunk, return_dict=True, **flags)
             for chunk in pixel_values.split(self.config.vision_batch_size)
         ]
-        last_hidden_state = torch.cat(hidden, dim=0)
+        last_hidden_state = torch.cat([chunk.last_hidden_state for chunk in chunks], dim=0)
         image_embeds = self.multi_modal_projector(last_hidden_state)
         per_image = [t.reshape(-1, t.shape[-1]) for t in image_embeds.split(counts, dim=0)]
-        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=per_image)
+
+        def per_layer(name):  # the chunks' per-layer tuples joined along the tile axis
+            layers = [getattr(chunk, name) for chunk in chunks]
+            return None if layers[0] is None else tuple(torch.cat(layer, dim=0) for layer in zip(*layers))
+
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=per_image,
+            hidden_states=per_layer("hidden_states"),
+            attentions=per_layer("attentions"),
+        )
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
@@ -167,14 +196,18 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
             special_image_mask = (inputs_embeds == image_embedding).all(-1)
         else:
             special_image_mask = input_ids == self.config.image_token_id
-        n_image_tokens = int(special_image_mask.sum())
-        if n_image_tokens != image_features.shape[0]:
-            per_tile = self.config.image_tokens_per_tile
-            raise ValueError(
-                f"The text has {n_image_tokens} image tokens but the images give {image_features.shape[0]} "
+        from transformers.utils.import_utils import torch_compilable_check
+
+        n_image_tokens = special_image_mask.sum()
+        per_tile = self.config.image_tokens_per_tile
+        torch_compilable_check(
+            n_image_tokens == image_features.shape[0],
+            lambda: (
+                f"The text has {int(n_image_tokens)} image tokens but the images give {image_features.shape[0]} "
                 f"features ({image_features.shape[0] // per_tile} tiles x {per_tile}). Build inputs with the "
                 "BlueLM processor so each image placeholder is expanded to its tile count."
-            )
+            ),
+        )
         return special_image_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
     @can_return_tuple
@@ -209,10 +242,8 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
             image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
-        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
-            n_image_tokens = int((input_ids == self.config.image_token_id).sum())
-            if n_image_tokens:
-                raise ValueError(f"The text has {n_image_tokens} image tokens but no pixel_values were given")
+        # Image tokens without features are left as their embeddings: `generate` runs the assistant model of
+        # assisted decoding, and feature-free passes, that way. A user's forgotten image is caught by the processor.
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -306,6 +337,19 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
             image_outputs=outputs.image_outputs,
         )
 
+    def _check_prompt_fits_context(self, input_ids: torch.Tensor | None) -> None:
+        """A prompt longer than the LLM's positions gets an error, not text generated from positions it never saw."""
+        context = getattr(self.config.text_config, "max_position_embeddings", None)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or context is None:
+            return
+        if input_ids.shape[1] > context:
+            n_image = int((input_ids == self.config.image_token_id).sum(-1).max())
+            raise ValueError(
+                f"The prompt has {input_ids.shape[1]} tokens ({n_image} of them image tokens) but the model's context "
+                f"is {context} tokens (text_config.max_position_embeddings). Shorten the text, or use fewer or "
+                "smaller images (the image processor's max_grid_size / max_image_side)."
+            )
+
     def generate(self, *args, thinking_budget=None, logits_processor=None, **kwargs):
         """`GenerationMixin.generate` plus `thinking_budget`: int, per-row list or tensor of thinking tokens.
 
@@ -314,6 +358,7 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
         sequence (e.g. an early-stop message, then `</think>`) is `thinking_end_sequence_ids` from the generation
         config, else from the model config, else just `</think>`.
         """
+        self._check_prompt_fits_context(args[0] if args else kwargs.get("input_ids", kwargs.get("inputs")))
         generation_config = kwargs.get("generation_config") or self.generation_config
         if thinking_budget is None:
             thinking_budget = getattr(generation_config, "thinking_budget", None)
