@@ -6,7 +6,9 @@ N = tokens_per_tile x tiles (196 x tiles for so400m-patch14-384). Shipped as rem
 
 from pathlib import Path
 
+from transformers.image_utils import ImageInput
 from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.tokenization_utils_base import PreTokenizedInput, TextInput
 
 from .configuration_bluelm_v import IMAGE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKEN
 
@@ -83,7 +85,12 @@ class BlueLMVProcessor(ProcessorMixin):
             conversation = mark_control_tokens(conversation, control_tokens_re)
         return super().apply_chat_template(conversation, chat_template, **kwargs)
 
-    def __call__(self, images=None, text=None, **kwargs):
+    def __call__(
+        self,
+        images: ImageInput | None = None,
+        text: TextInput | PreTokenizedInput | list[TextInput] | list[PreTokenizedInput] | None = None,
+        **kwargs,
+    ):
         """`ProcessorMixin.__call__`; text rendered by `apply_chat_template` keeps user-typed control strings as text,
         and a prompt longer than the tokenizer's `model_max_length` (the LLM's context) is an error."""
         texts = [text] if isinstance(text, str) else (text or [])
