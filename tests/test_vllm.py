@@ -86,7 +86,8 @@ def test_vllm_generate_matches_transformers(reference, nano_copy):
 
 
 def test_openai_server_returns_reasoning_separately(reference, nano_copy):
-    """vLLM's OpenAI server, a base64 image: `reasoning` and `content` as `generate` + `parse_response` give them."""
+    """vLLM's OpenAI server, a base64 image: `reasoning` and `content` as `generate` + `parse_response` give them;
+    a corrupt image, a prompt over the context and a fractional budget get a clear 400 and the server stays up."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(NANO)
@@ -96,3 +97,8 @@ def test_openai_server_returns_reasoning_separately(reference, nano_copy):
         assert out[mode]["content"] == expected["content"], mode
         assert (out[mode]["reasoning"] or None) == (expected["reasoning_content"] or None), mode
     assert out["think"]["reasoning"] and out["no_think"]["reasoning"] is None
+    # bad input: a 400 that says what was wrong, and the server still answers
+    assert out["corrupt_base64"]["status"] == 400 and "base64" in out["corrupt_base64"]["message"]
+    assert out["too_long"]["status"] == 400 and "maximum context length is 1024" in out["too_long"]["message"]
+    assert out["fractional_budget"]["status"] == 400 and "thinking_token_budget" in out["fractional_budget"]["message"]
+    assert out["health_after_bad_input"] == 200

@@ -113,6 +113,20 @@ def server(model, port):
                                                    temperature=0, extra_body=extra)
             message = reply.choices[0].message
             out[mode] = {"reasoning": getattr(message, "reasoning", None), "content": message.content}
+        # bad input: each gets an HTTP error that says what was wrong, and the server stays up
+        bad = {
+            "corrupt_base64": ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAnot-an-image"}}], {}),
+            "too_long": ([messages[0]["content"][0], {"type": "text", "text": "red " * 3000}], {}),
+            "fractional_budget": (messages[0]["content"], {"thinking_token_budget": 2.5}),
+        }
+        for name, (content, extra) in bad.items():
+            try:
+                client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
+                                               max_tokens=8, temperature=0, extra_body=extra)
+                out[name] = {"status": 200}
+            except Exception as error:  # openai.APIStatusError
+                out[name] = {"status": getattr(error, "status_code", None), "message": str(error)}
+        out["health_after_bad_input"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status
         return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
