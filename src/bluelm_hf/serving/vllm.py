@@ -1,7 +1,7 @@
 """vLLM integration, loaded by vLLM itself through the `vllm.general_plugins` entry point `bluelm`.
 
 - `register()` makes `BlueLMVForConditionalGeneration` resolvable: vLLM runs it with its Transformers modeling backend
-  (`TransformersMultiModalForCausalLM`), and the Auto classes come from `import bluelm_hf`.
+  (`vllm_model.BlueLMVForConditionalGeneration`), and the Auto classes come from `import bluelm_hf`.
 - `BlueLMReasoningParser` (`--reasoning-parser bluelm`) splits reasoning from the answer with the same rule as
   `bluelm_hf.thinking.parse_response`: no `<think>` means everything is content (DeepSeek-R1's parser files a
   non-thinking answer as reasoning), and the content is what follows the last `</think>`. It also gives vLLM the
@@ -13,7 +13,7 @@ from vllm.reasoning.basic_parsers import BaseThinkingReasoningParser
 from ..configuration_bluelm_v import THINK_END_TOKEN, THINK_START_TOKEN
 
 ARCHITECTURE = "BlueLMVForConditionalGeneration"
-TRANSFORMERS_BACKEND = "vllm.model_executor.models.transformers:TransformersMultiModalForCausalLM"
+MODEL_CLASS = "bluelm_hf.serving.vllm_model:BlueLMVForConditionalGeneration"  # the Transformers backend, whole images
 
 
 def register() -> None:
@@ -23,7 +23,7 @@ def register() -> None:
     from vllm.reasoning import ReasoningParserManager
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, TRANSFORMERS_BACKEND)
+        ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
     ReasoningParserManager.register_lazy_module("bluelm", __name__, "BlueLMReasoningParser")
 
 
