@@ -8,7 +8,7 @@ Shipped next to checkpoints as remote code.
 import numpy as np
 from transformers.image_processing_backends import PilBackend
 
-from .image_processing_bluelm_v import BlueLMVImageProcessingMixin
+from .image_processing_bluelm_v import BlueLMVImageProcessingMixin, BlueLMVImageProcessorKwargs
 
 
 class BlueLMVImageProcessorPil(BlueLMVImageProcessingMixin, PilBackend):
@@ -28,4 +28,4 @@ class BlueLMVImageProcessorPil(BlueLMVImageProcessingMixin, PilBackend):
         return array.transpose(*dims)
 
 
-__all__ = ["BlueLMVImageProcessorPil"]
+__all__ = ["BlueLMVImageProcessorKwargs", "BlueLMVImageProcessorPil"]

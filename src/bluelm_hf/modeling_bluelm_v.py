@@ -205,7 +205,9 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
             for chunk in pixel_values.split(self.config.vision_batch_size)
         ]
         last_hidden_state = torch.cat([chunk.last_hidden_state for chunk in chunks], dim=0)
-        image_embeds = self.multi_modal_projector(last_hidden_state)
+        # The projector may sit in another dtype than the tower (QLoRA: TRL casts trainable modules to bf16 while
+        # `_keep_in_fp32_modules` keeps the tower in fp32).
+        image_embeds = self.multi_modal_projector(last_hidden_state.to(self.multi_modal_projector.linear_1.weight.dtype))
         per_image = [t.reshape(-1, t.shape[-1]) for t in image_embeds.split(counts, dim=0)]
 
         def per_layer(name):  # the chunks' per-layer tuples joined along the tile axis
