@@ -607,9 +607,12 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
             send("How many cells?")
             last = page.locator('#chatbot [data-testid="bot"]').last
             expect(last).to_have_attribute("aria-label", f"bot's message: {PLAIN_ANSWER}")
+            # the event finished (its last update would otherwise land after Clear and fill the chat again)
+            expect(page.locator("#chatbot [data-testid=status-tracker]").first).to_have_class(re.compile(r"\bhide\b"))
             expect(page.locator("#chatbot .error")).to_have_count(0)
 
             # 7. Clear empties the chat and the AnyRes panel
+            shot("07-before-clear.png")  # also lets the last reply's final re-render land before Clear is pressed
             page.locator("#clear").click()
             expect(replies).to_have_count(0)
             expect(page.locator("#anyres-summary")).to_contain_text("Upload an image to see how the model tiles it")
