@@ -10,16 +10,7 @@ import copy
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel
 
-from .configuration_bluelm_v import (
-    IMAGE_END_TOKEN,
-    IMAGE_START_TOKEN,
-    IMAGE_TOKEN,
-    SPECIAL_TOKENS,
-    THINK_END_TOKEN,
-    THINK_MODE_TOKEN,
-    THINK_START_TOKEN,
-    BlueLMVConfig,
-)
+from .configuration_bluelm_v import SPECIAL_TOKENS, TOKEN_ID_FIELDS, BlueLMVConfig
 from .image_processing_bluelm_v import BlueLMVImageProcessor
 from .modeling_bluelm_v import BlueLMVForConditionalGeneration, BlueLMVMultiModalProjector
 from .processing_bluelm_v import BlueLMVProcessor, default_chat_template
@@ -35,15 +26,7 @@ def add_bluelm_special_tokens(tokenizer) -> dict[str, int]:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    ids = tokenizer.convert_tokens_to_ids
-    return dict(
-        image_token_id=ids(IMAGE_TOKEN),
-        image_start_token_id=ids(IMAGE_START_TOKEN),
-        image_end_token_id=ids(IMAGE_END_TOKEN),
-        think_mode_token_id=ids(THINK_MODE_TOKEN),
-        think_start_token_id=ids(THINK_START_TOKEN),
-        think_end_token_id=ids(THINK_END_TOKEN),
-    )
+    return {field: tokenizer.convert_tokens_to_ids(token) for field, token in TOKEN_ID_FIELDS.items()}
 
 
 def assemble_bluelm(

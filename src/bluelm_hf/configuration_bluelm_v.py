@@ -35,6 +35,15 @@ SPECIAL_TOKENS = [
     IMAGE_TOKEN,
     IMAGE_END_TOKEN,
 ]
+# The config field that holds each special token's id (`BlueLMVConfig.image_token_id` is the id of `<image>`, ...).
+TOKEN_ID_FIELDS = {
+    "image_token_id": IMAGE_TOKEN,
+    "image_start_token_id": IMAGE_START_TOKEN,
+    "image_end_token_id": IMAGE_END_TOKEN,
+    "think_mode_token_id": THINK_MODE_TOKEN,
+    "think_start_token_id": THINK_START_TOKEN,
+    "think_end_token_id": THINK_END_TOKEN,
+}
 
 # SigLIP / SigLIP2 so400m-patch14-384 (fixed resolution, `siglip` architecture in transformers).
 SIGLIP_SO400M_384 = dict(
@@ -48,6 +57,11 @@ SIGLIP_SO400M_384 = dict(
     hidden_act="gelu_pytorch_tanh",
     layer_norm_eps=1e-6,
     vision_use_head=False,
+)
+# BlueLM-3B's llama-style decoder as both 3B presets estimate it (vivo published parameter counts only): BlueLM's
+# ~100K vocabulary, width 2560, 28 layers. Each preset adds where it differs.
+BLUELM_3B_DECODER = dict(
+    model_type="llama", vocab_size=100_096, hidden_size=2560, num_hidden_layers=28, rms_norm_eps=1e-6
 )
 
 # The Auto classes a BlueLM checkpoint loads through as remote code, and the classes in its code files.
@@ -152,24 +166,25 @@ class BlueLMVConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ presets
     @classmethod
+    def _preset(cls, kwargs: dict, **defaults) -> "BlueLMVConfig":
+        """A preset: its `defaults`, each replaced where the caller passes the same keyword in `kwargs`."""
+        return cls(**{**defaults, **kwargs})
+
+    @classmethod
     def bluelm_2_5_3b(cls, **kwargs) -> "BlueLMVConfig":
         """BlueLM-2.5-3B shape: SigLIP2 so400m-patch14-384 + a llama-style ~2.5B decoder, 32K context (YaRN).
 
-        vivo published parameter counts only (2.9B total, 2.5B dense LLM, 400M ViT). The LLM shape below
-        is our estimate that matches those counts: width 2560, 28 layers, GQA 20/4 heads, SwiGLU 8192,
-        BlueLM's ~100K vocabulary with tied embeddings, YaRN x4 over an 8K native window.
+        vivo published parameter counts only (2.9B total, 2.5B dense LLM, 400M ViT). The LLM shape is our estimate
+        that matches those counts: `BLUELM_3B_DECODER` with GQA 20/4 heads, SwiGLU 8192, tied embeddings, YaRN x4
+        over an 8K native window.
         """
         text = dict(
-            model_type="llama",
-            vocab_size=100_096,
-            hidden_size=2560,
+            BLUELM_3B_DECODER,
             intermediate_size=8192,
-            num_hidden_layers=28,
             num_attention_heads=20,
             num_key_value_heads=4,
             head_dim=128,
             max_position_embeddings=32_768,
-            rms_norm_eps=1e-6,
             tie_word_embeddings=True,
             rope_parameters={
                 "rope_type": "yarn",
@@ -178,43 +193,33 @@ class BlueLMVConfig(PreTrainedConfig):
                 "original_max_position_embeddings": 8192,
             },
         )
-        defaults = dict(
-            vision_config=dict(SIGLIP_SO400M_384),
-            text_config=text,
-            max_grid_size=4,
-            max_image_side=1512,
+        return cls._preset(
+            kwargs, vision_config=dict(SIGLIP_SO400M_384), text_config=text, max_grid_size=4, max_image_side=1512
         )
-        defaults.update(kwargs)
-        return cls(**defaults)
 
     @classmethod
     def bluelm_v_3b(cls, **kwargs) -> "BlueLMVConfig":
         """BlueLM-V-3B shape: SigLIP so400m-384 + a ~2.7B llama-style BlueLM decoder, grids up to 3x3.
 
-        The LLM shape is an estimate matching the paper's 2.7B count (width 2560, 28 layers, MHA 32 heads,
-        SwiGLU 6912, untied 100K vocabulary); its context is the 4K of BlueLM-3B.
+        The LLM shape is an estimate matching the paper's 2.7B count: `BLUELM_3B_DECODER` with MHA 32 heads,
+        SwiGLU 6912, untied embeddings; its context is the 4K of BlueLM-3B.
         """
         text = dict(
-            model_type="llama",
-            vocab_size=100_096,
-            hidden_size=2560,
+            BLUELM_3B_DECODER,
             intermediate_size=6912,
-            num_hidden_layers=28,
             num_attention_heads=32,
             num_key_value_heads=32,
             max_position_embeddings=4096,
-            rms_norm_eps=1e-6,
             tie_word_embeddings=False,
         )
-        defaults = dict(
+        return cls._preset(
+            kwargs,
             vision_config=dict(SIGLIP_SO400M_384),
             text_config=text,
             max_grid_size=3,
             max_image_side=1152,
             tie_word_embeddings=False,
         )
-        defaults.update(kwargs)
-        return cls(**defaults)
 
     @classmethod
     def nano(cls, vocab_size: int, **kwargs) -> "BlueLMVConfig":
@@ -224,34 +229,29 @@ class BlueLMVConfig(PreTrainedConfig):
         The coarse patch keeps CPU training fast (~7 steps/s at batch 16 on 2 cores) while one 28-px patch still
         sees one cell of the nano task.
         """
-        defaults = dict(
-            vision_config=dict(
-                model_type="siglip_vision_model",
-                hidden_size=96,
-                intermediate_size=192,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                patch_size=28,
-                image_size=112,
-                vision_use_head=False,
-            ),
-            text_config=dict(
-                model_type="llama",
-                vocab_size=vocab_size,
-                hidden_size=192,
-                intermediate_size=512,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=1024,
-                tie_word_embeddings=True,
-            ),
-            max_grid_size=4,
-            max_image_side=448,
-            vision_batch_size=64,
+        vision = dict(
+            SIGLIP_SO400M_384,
+            hidden_size=96,
+            intermediate_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            patch_size=28,
+            image_size=112,
         )
-        defaults.update(kwargs)
-        return cls(**defaults)
+        text = dict(
+            model_type="llama",
+            vocab_size=vocab_size,
+            hidden_size=192,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+        )
+        return cls._preset(
+            kwargs, vision_config=vision, text_config=text, max_grid_size=4, max_image_side=448, vision_batch_size=64
+        )
 
 
 PRESETS = {
@@ -259,4 +259,4 @@ PRESETS = {
     "bluelm-v-3b": BlueLMVConfig.bluelm_v_3b,
 }
 
-__all__ = ["AUTO_MAP", "IMAGE_PROCESSOR_AUTO_MAP", "BlueLMVConfig", "PRESETS", "SPECIAL_TOKENS"]
+__all__ = ["AUTO_MAP", "IMAGE_PROCESSOR_AUTO_MAP", "BlueLMVConfig", "PRESETS", "SPECIAL_TOKENS", "TOKEN_ID_FIELDS"]
