@@ -368,6 +368,87 @@ def test_exif_orientation_applied():
     assert rgb_of(out["pixel_values"], rows * cols - 1, 0, 8) == BLUE
 
 
+# ----------------------------------------------------------------------------------------- do_convert_rgb
+# The channels each PIL mode keeps with do_convert_rgb=False: a palette is expanded (its indices are not pixel
+# values), 1-bit and high-bit-depth grayscale become 8-bit L.
+KEPT_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "YCbCr": 3, "1": 1, "I;16": 1, "I": 1, "F": 1,
+                 "P": 3, "P transparent": 4}
+
+
+def mode_image(mode: str, width: int, height: int, seed: int) -> PIL.Image.Image:
+    """A random-pixel image of `mode` ("P transparent": a palette image with a transparent index)."""
+    rng = np.random.default_rng(seed)
+    if mode.startswith("P"):
+        image = PIL.Image.fromarray(rng.integers(0, 4, (height, width), dtype=np.uint8), "P")
+        image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9])
+        if mode == "P transparent":
+            image.info["transparency"] = 1
+        return image
+    if mode in ("I;16", "I", "F"):
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        return PIL.Image.fromarray(rng.integers(0, 65536, (height, width)).astype(dtype))
+    if mode == "1":
+        return PIL.Image.fromarray(rng.integers(0, 2, (height, width), dtype=bool))
+    bands = len(PIL.Image.new(mode, (1, 1)).getbands())
+    return PIL.Image.frombytes(mode, (width, height), rng.integers(0, 256, width * height * bands, np.uint8).tobytes())
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(sorted(KEPT_CHANNELS)), width=st.integers(1, 90), height=st.integers(1, 90),
+       seed=st.integers(0, 2**16), pil_backend=st.booleans())
+def test_do_convert_rgb_false_keeps_the_image_channels(mode, width, height, seed, pil_backend):
+    cls = BlueLMVImageProcessorPil if pil_backend else BlueLMVImageProcessor
+    processor = cls(tile_size=16, patch_size=2, max_grid_size=2)
+    image = mode_image(mode, width, height, seed)
+    channels = KEPT_CHANNELS[mode]
+    default = processor(image, return_tensors="pt")
+    kept = processor(image, do_convert_rgb=False, image_mean=[0.5] * channels, image_std=[0.5] * channels,
+                     return_tensors="pt")
+    assert default["pixel_values"].shape[1] == 3
+    assert kept["pixel_values"].shape == (default["pixel_values"].shape[0], channels, 16, 16)
+    assert kept["image_grids"].tolist() == default["image_grids"].tolist()  # the plan does not depend on channels
+    if mode == "RGB":  # nothing to convert: the same pixels either way
+        assert torch.equal(kept["pixel_values"], default["pixel_values"])
+    elif mode == "L":  # the one gray channel, where RGB repeats it three times
+        assert torch.equal(kept["pixel_values"][:, 0], default["pixel_values"][:, 0])
+    if channels == 3:  # the default 3-value SigLIP mean/std fit
+        assert torch.equal(processor(image, do_convert_rgb=False, return_tensors="pt")["pixel_values"],
+                           kept["pixel_values"])
+    else:
+        with pytest.raises(ValueError, match=f"image 0 has {channels} channels but image_mean has 3 values"):
+            processor(image, do_convert_rgb=False, return_tensors="pt")
+
+
+@pytest.mark.parametrize("cls", BACKENDS)
+def test_do_convert_rgb_false_arrays_and_mixed_channels(cls, tmp_path):
+    processor = cls(tile_size=16, patch_size=2, max_grid_size=1)
+    # Encoded sources too, given directly or through fetch_images (which ProcessorMixin calls first): the channels
+    # are kept until the processor's conversion step.
+    la = PIL.Image.new("LA", (16, 16), (90, 0))
+    la.save(tmp_path / "la.png")
+    for source in (str(tmp_path / "la.png"), png_bytes(la)):
+        for given in (source, processor.fetch_images(source)):
+            kept = processor(given, do_convert_rgb=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+            assert kept.shape == (1, 2, 16, 16) and kept[0, 0, 8, 8] == pytest.approx(90 / 255)
+            assert rgb_of(processor(given, return_tensors="pt")["pixel_values"], 0, 8, 8) == WHITE
+    rgba = np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    for layout, array in (("channels_last", rgba), ("channels_first", np.moveaxis(rgba, -1, 0))):
+        out = processor(array, do_convert_rgb=False, input_data_format=layout, image_mean=[0.0] * 4,
+                        image_std=[1.0] * 4, return_tensors="pt")
+        assert out["pixel_values"].shape == (1, 4, 16, 16), layout
+    # The transparent pixels' colour survives (the default composites them onto white).
+    clear = np.zeros((16, 16, 4), np.uint8)
+    clear[..., 0] = 200
+    kept = processor(clear, do_convert_rgb=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(kept[0, :, 8, 8], torch.tensor([200 / 255, 0.0, 0.0, 0.0]))
+    assert rgb_of(processor(clear, return_tensors="pt")["pixel_values"], 0, 8, 8) == WHITE
+    gray = PIL.Image.new("L", (16, 16), 7)
+    with pytest.raises(ValueError, match="image 1 has 1 channels but image 0 has 4"):
+        processor([clear, gray], do_convert_rgb=False, do_normalize=False, return_tensors="pt")
+    with pytest.raises(ValueError, match="input_data_format must be"):
+        processor(rgba, do_convert_rgb=False, input_data_format="channels_middle")
+
+
 # ------------------------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize("cls", BACKENDS)
 def test_zero_size_images(cls):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -88,6 +89,18 @@ def test_processor_expands_placeholders(tiny_processor):
 def test_image_count_mismatch_is_a_clear_error(tiny_processor):
     with pytest.raises(ValueError, match=r"2 <image> tokens.*1 images"):
         tiny_processor(text=["<image><image>hi"], images=[random_image(TILE, TILE)], return_tensors="pt")
+
+
+def test_images_kept_in_their_own_channels_are_a_clear_model_error(tiny_model, tiny_processor):
+    """do_convert_rgb=False through the processor gives RGBA tiles; the 3-channel tower says so, with the numbers."""
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 256, (TILE, TILE, 4), dtype=np.uint8), "RGBA")
+    batch = tiny_processor(text=["<image>hi"], images=[rgba], return_tensors="pt", do_convert_rgb=False,
+                           image_mean=[0.5] * 4, image_std=[0.5] * 4)
+    assert batch["pixel_values"].shape[1] == 4
+    with pytest.raises(ValueError, match=r"shape \(num_tiles, 3, height, width\).*num_channels is 3.*\(1, 4, 56, 56\)"):
+        tiny_model(**batch)
+    rgb = tiny_processor(text=["<image>hi"], images=[rgba], return_tensors="pt")  # the default converts
+    assert tiny_model(**rgb).logits.shape[:2] == rgb["input_ids"].shape
 
 
 def test_model_rejects_features_placeholder_mismatch(tiny_model, tiny_processor):

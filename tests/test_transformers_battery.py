@@ -273,8 +273,3 @@ class BlueLMVImageProcessingTester(ImageProcessingTester):
 
 class BlueLMVImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = BlueLMVImageProcessingTester
-
-    @unittest.skip(reason="BlueLM's image loading (image_loading.py) always gives RGB, as the SigLIP tower takes 3 "
-                   "channels (Cosmos3EdgeVideoProcessor, which also converts its inputs to RGB, skips it too)")
-    def test_call_numpy_4_channels(self):
-        pass

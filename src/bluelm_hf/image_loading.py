@@ -4,7 +4,8 @@ Sources: a path (str or `os.PathLike`), an http(s) URL, base64 text (optionally 
 raw bytes, a PIL image, or a numpy array / torch tensor ((H, W), (C, H, W) or (H, W, C), C in 1..4). Encoded
 sources (path, URL, base64, bytes) are opened lazily with PIL, so the pixel limit (`PIL.Image.MAX_IMAGE_PIXELS`) is
 checked from the header before anything is decoded; then every image, whatever its source, gets the same `to_rgb`.
-Animated images give their first frame.
+Animated images give their first frame. With `convert_rgb=False` (the image processors' `do_convert_rgb=False`) an
+image keeps its own channels (`keep_channels`): upright, decoded to 8 bits, but grayscale stays 1 channel, RGBA 4.
 
 transformers' `load_image` resolves sources in the same order (URL, existing file, base64) but converts with
 `.convert("RGB")` (16-bit clipped, alpha dropped onto black), decodes images up to 2x the pixel limit (where PIL
@@ -57,15 +58,24 @@ def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
+def _upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    if image.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1):
+        image = PIL.ImageOps.exif_transpose(image)
+    return image
+
+
+def _is_high_bit_depth(mode: str) -> bool:
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """An upright RGB version of a (loaded) PIL image: EXIF orientation applied, transparency composited onto white,
     palette expanded, CMYK/YCbCr/1-bit converted, 16-bit and float single-channel scaled (not clipped) to 8 bits."""
-    if image.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1):
-        image = PIL.ImageOps.exif_transpose(image)
+    image = _upright(image)
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image
-    if mode in ("I", "F") or mode.startswith("I;16"):
+    if _is_high_bit_depth(mode):
         gray = _scale_to_uint8(np.asarray(image), mode)
         return PIL.Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), mode="RGB")
     if "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
@@ -73,6 +83,21 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return PIL.Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def keep_channels(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A (loaded) PIL image upright and in 8-bit bands, its channels kept (what `do_convert_rgb=False` asks for):
+    L, LA, RGB, RGBA, CMYK, YCbCr, ... as they are; a palette expanded to RGB (RGBA with transparency), since
+    palette indices are not pixel values; 1-bit as L; 16-bit and float single-channel scaled to 8-bit L."""
+    image = _upright(image)
+    mode = image.mode
+    if _is_high_bit_depth(mode):
+        return PIL.Image.fromarray(_scale_to_uint8(np.asarray(image), mode), mode="L")
+    if mode in ("P", "PA"):
+        return image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    if mode == "1":
+        return image.convert("L")
+    return image
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -135,8 +160,10 @@ def _open(fp, index: int, source, kind: str = "") -> PIL.Image.Image:
         ) from error
 
 
-def _array_to_pil(array, index: int) -> PIL.Image.Image:
-    """A numpy array or torch tensor as a PIL image (channels inferred like transformers: first axis if 1, 3 or 4).
+def _array_to_pil(array, index: int, input_data_format=None) -> PIL.Image.Image:
+    """A numpy array or torch tensor as a PIL image. Channels are first or last as `input_data_format` says
+    ("channels_first" / "channels_last", as transformers' `ChannelDimension`); without it they are inferred like
+    transformers: the first axis if it has 1, 3 or 4 entries.
 
     uint8 values are taken as they are; other dtypes are scaled to 8 bits by `_scale_to_uint8`'s rules (uint16 as
     16-bit, floats in 0..1 as 0..1, integers by their range)."""
@@ -146,7 +173,10 @@ def _array_to_pil(array, index: int) -> PIL.Image.Image:
     if array.ndim not in (2, 3):
         raise ValueError(f"image {index} is an array of shape {shape}; expected (H, W), "
                          "(C, H, W) or (H, W, C) with C in 1, 3, 4, or a 4D batch of those")
-    if array.ndim == 3 and shape[0] in (1, 3, 4):
+    layout = getattr(input_data_format, "value", input_data_format)
+    if layout not in (None, "channels_first", "channels_last"):
+        raise ValueError(f"input_data_format must be 'channels_first', 'channels_last' or None, got {layout!r}")
+    if array.ndim == 3 and (layout == "channels_first" or (layout is None and shape[0] in (1, 3, 4))):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -165,7 +195,7 @@ def _array_to_pil(array, index: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.ascontiguousarray(array))  # mode L, LA, RGB or RGBA from the shape
 
 
-def _open_source(source, index: int, timeout: float) -> PIL.Image.Image:
+def _open_source(source, index: int, timeout: float, input_data_format=None) -> PIL.Image.Image:
     """A PIL image for any source: lazily opened for encoded sources, as is for PIL images."""
     if isinstance(source, PIL.Image.Image):
         return source
@@ -180,7 +210,7 @@ def _open_source(source, index: int, timeout: float) -> PIL.Image.Image:
             return _open(source, index, source)
         return _open(io.BytesIO(_decode_base64(source, index)), index, source, kind="base64 data")
     if isinstance(source, np.ndarray) or hasattr(source, "detach"):
-        return _array_to_pil(source, index)
+        return _array_to_pil(source, index, input_data_format)
     raise ValueError(f"image {index} has unsupported type {type(source).__name__}; pass a PIL image, a numpy "
                      "array, a torch tensor, a path, a URL, base64 data or bytes")
 
@@ -196,14 +226,18 @@ def _pixel_limit_error(index: int, width: int, height: int) -> ValueError | None
     )
 
 
-def load_image(source, index: int = 0, timeout: float | None = None) -> PIL.Image.Image:
+def load_image(
+    source, index: int = 0, timeout: float | None = None, convert_rgb: bool = True, input_data_format=None
+) -> PIL.Image.Image:
     """`source` (any kind in the module docstring) as a decoded, upright RGB PIL image.
 
     index: the image's position in its batch, for error messages.
     timeout: seconds an http(s) server may take to connect and to send each chunk (None: `DEFAULT_TIMEOUT`).
+    convert_rgb: False keeps the image's own channels (`keep_channels`) instead of `to_rgb`.
+    input_data_format: where an array's channels are ("channels_first" / "channels_last"; None: inferred).
     Raises ValueError for an unreadable, empty, corrupt or oversized image, an HTTP error or a timeout.
     """
-    image = _open_source(source, index, DEFAULT_TIMEOUT if timeout is None else timeout)
+    image = _open_source(source, index, DEFAULT_TIMEOUT if timeout is None else timeout, input_data_format)
     width, height = image.size
     if width == 0 or height == 0:
         raise ValueError(f"image {index} has size {width}x{height} (width x height); it has no pixels")
@@ -218,6 +252,8 @@ def load_image(source, index: int = 0, timeout: float | None = None) -> PIL.Imag
             f"image {index} ({name!r}, {image.format or 'unknown'} {width}x{height}, mode {image.mode}) "
             f"could not be decoded: {error}. The file is corrupt or truncated."
         ) from error
+    if not convert_rgb:
+        return keep_channels(image)
     try:
         return to_rgb(image)
     except ValueError as error:
@@ -234,9 +270,16 @@ def flatten_images(images) -> list:
     return [images]
 
 
-def load_images(images, timeout: float | None = None) -> list[PIL.Image.Image]:
+def load_images(
+    images, timeout: float | None = None, convert_rgb: bool = True, input_data_format=None
+) -> list[PIL.Image.Image]:
     """`load_image` on every image of `images` (one, a nested list, or 4D batches), flattened, indexed in order."""
-    return [load_image(source, index, timeout) for index, source in enumerate(flatten_images(images))]
+    return [
+        load_image(source, index, timeout, convert_rgb, input_data_format)
+        for index, source in enumerate(flatten_images(images))
+    ]
 
 
-__all__ = ["DEFAULT_TIMEOUT", "describe_source", "flatten_images", "load_image", "load_images", "to_rgb"]
+__all__ = [
+    "DEFAULT_TIMEOUT", "describe_source", "flatten_images", "keep_channels", "load_image", "load_images", "to_rgb"
+]

@@ -5,7 +5,8 @@ thumbnail tile:
 
 1. Every input (path, URL, base64, bytes, PIL image, array) is loaded as an upright RGB image by
    `image_loading.load_image` (EXIF orientation, alpha composited onto white, 16-bit scaled to 8-bit, pixel limit
-   checked from the header).
+   checked from the header). With `do_convert_rgb=False` each image keeps its own channels instead (grayscale 1,
+   RGBA 4, ...); they must then match `image_mean`/`image_std`, and the model's vision tower says if it cannot take them.
 2. If the longer side exceeds `max_image_side`, the size is scaled down (aspect kept) so it equals `max_image_side`.
 3. `select_best_grid` picks `num_rows` x `num_cols` tiles for that size.
 4. The image is resized (aspect kept, one resize from the original pixels) to fit `num_cols*tile` x `num_rows*tile`,
@@ -30,6 +31,7 @@ transformers and its sibling `image_loading.py`.
 
 import itertools
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -329,20 +331,32 @@ class BlueLMVImageProcessingMixin:
         num_rows, num_cols = (int(v) for v in image_grid)
         return num_tiles_for_grid(num_rows, num_cols, self.use_thumbnail if use_thumbnail is None else use_thumbnail)
 
-    # ---- loading: every source through `image_loading.load_image`, so all give the same upright RGB image
+    # ---- loading: every source through `image_loading.load_image`, so all give the same upright image
     def fetch_images(self, image_url_or_urls):
-        """Load every image (paths, URLs, base64, bytes, PIL images, arrays) as RGB PIL images, nested lists kept."""
+        """Encoded sources (paths, URLs, base64, bytes) decoded as upright 8-bit PIL images in their own channels
+        (`image_loading.keep_channels`); PIL images, arrays and tensors passed through, nested lists kept, as
+        transformers' `fetch_images` does. The RGB conversion (`do_convert_rgb`) is the processor's own step, so it
+        treats every source alike."""
         counter = itertools.count()
 
         def fetch(item):
             if isinstance(item, (list, tuple)):
                 return [fetch(inner) for inner in item]
-            return load_image(item, next(counter))
+            index = next(counter)
+            if isinstance(item, (str, bytes, bytearray, memoryview, os.PathLike)):
+                return load_image(item, index, convert_rgb=False)
+            return item
 
         return fetch(image_url_or_urls)
 
-    def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, **kwargs) -> list:
-        return [self.process_image(image, *args, **kwargs) for image in load_images(images)]
+    def _prepare_image_like_inputs(
+        self, images, *args, expected_ndims: int = 3, do_convert_rgb=None, input_data_format=None, **kwargs
+    ) -> list:
+        """Channels-first images for `_preprocess`. `do_convert_rgb=False` keeps each image's own channels (1 for
+        grayscale, 4 for RGBA, ...), as transformers' processors do; the colour handling is `image_loading`'s alone."""
+        convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        loaded = load_images(images, convert_rgb=convert_rgb, input_data_format=input_data_format)
+        return [self.process_image(image, *args, do_convert_rgb=False, **kwargs) for image in loaded]
 
     # ---- tiling
     def _resize_to(self, image, height: int, width: int, resample):
@@ -383,6 +397,7 @@ class BlueLMVImageProcessingMixin:
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
+        self._check_channels(images, do_normalize, image_mean, image_std)
         pieces, grids, num_patches = [], [], []  # pieces: (rows, cols, C, tile, tile) views, concatenated in order below
         for image in images:
             height, width = image.shape[-2:]
@@ -420,6 +435,25 @@ class BlueLMVImageProcessingMixin:
             tensor_type=return_tensors,
         )
 
+    @staticmethod
+    def _check_channels(images: list, do_normalize: bool, image_mean, image_std) -> None:
+        """All images share one channel count, and it matches per-channel `image_mean`/`image_std`. Only images kept
+        in their own channels by `do_convert_rgb=False` can differ from 3."""
+        expected = images[0].shape[0] if images else 3
+        source = f"image 0 has {expected}"
+        for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+            if do_normalize and isinstance(values, (list, tuple)):
+                expected, source = len(values), f"{name} has {len(values)} values"
+                break
+        for index, image in enumerate(images):
+            if image.shape[0] != expected:
+                raise ValueError(
+                    f"image {index} has {image.shape[0]} channels but {source}: with do_convert_rgb=False every "
+                    "image keeps its own channels (1 for grayscale, 2 for grayscale + alpha, 4 for RGBA or CMYK). "
+                    f"Pass do_convert_rgb=True (the default) for RGB, or images with {expected} channels and an "
+                    "image_mean/image_std of that length."
+                )
+
     def _rescale_and_normalize_(self, pixel_values, do_rescale, rescale_factor, do_normalize, mean, std) -> None:
         """In place: x * rescale_factor, then (x - mean) / std per channel, as one multiply-add per channel."""
         channels = pixel_values.shape[1]
@@ -442,9 +476,10 @@ class BlueLMVImageProcessor(BlueLMVImageProcessingMixin, TorchvisionBackend):
     """BlueLM-V AnyRes image processor, torchvision backend (the default). See the module docstring."""
 
     def process_image(self, image: PIL.Image.Image, *args, device=None, **kwargs) -> torch.Tensor:
-        """`image`, an RGB PIL image from `load_image`, as a (C, H, W) uint8 view of its (H, W, C) pixels, not made
+        """`image`, an 8-bit PIL image from `load_image`, as a (C, H, W) uint8 view of its (H, W, C) pixels, not made
         contiguous: channels-last uint8 resizes ~4x faster in torch, and the copy is saved."""
-        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        pixels = np.array(image)
+        tensor = torch.from_numpy(pixels if pixels.ndim == 3 else pixels[:, :, None]).permute(2, 0, 1)
         return tensor if device is None else tensor.to(device)
 
     @staticmethod

@@ -181,9 +181,12 @@ class BlueLMVModel(BlueLMVPreTrainedModel):
         when asked for. Tiles go through the ViT in chunks of `config.vision_batch_size`, so cost is linear in the
         tile count.
         """
-        if pixel_values.dim() != 4:
+        channels = self.config.vision_config.num_channels
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
             raise ValueError(
-                f"pixel_values must have shape (num_tiles, 3, height, width), got {tuple(pixel_values.shape)}"
+                f"pixel_values must have shape (num_tiles, {channels}, height, width) (the vision tower's "
+                f"num_channels is {channels}), got {tuple(pixel_values.shape)}. An image processor called with "
+                "do_convert_rgb=False keeps each image's own channels; convert the images to RGB for this model."
             )
         num_tiles = pixel_values.shape[0]
         if image_grids is not None:
