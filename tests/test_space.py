@@ -607,16 +607,23 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
             send("How many cells?")
             last = page.locator('#chatbot [data-testid="bot"]').last
             expect(last).to_have_attribute("aria-label", f"bot's message: {PLAIN_ANSWER}")
-            # the event finished (its last update would otherwise land after Clear and fill the chat again)
             expect(page.locator("#chatbot [data-testid=status-tracker]").first).to_have_class(re.compile(r"\bhide\b"))
             expect(page.locator("#chatbot .error")).to_have_count(0)
+            shot("07-before-clear.png")
 
-            # 7. Clear empties the chat and the AnyRes panel
-            shot("07-before-clear.png")  # also lets the last reply's final re-render land before Clear is pressed
+            # 7. Clear, pressed the moment a reply shows its answer (its event may still be sending updates), empties
+            # the chat and the AnyRes panel for good: the next question starts a chat of one turn.
+            turns = replies.count()
+            send("How many cells?")
+            expect(replies).to_have_count(turns + 1)
+            expect(last).to_have_attribute("aria-label", f"bot's message: {PLAIN_ANSWER}")
             page.locator("#clear").click()
             expect(replies).to_have_count(0)
             expect(page.locator("#anyres-summary")).to_contain_text("Upload an image to see how the model tiles it")
             expect(page.locator("#anyres-grid img")).to_have_count(0)
+            send("How many cells?", nano_task.EXAMPLE_IMAGE_PATH)
+            expect_answer(0, PLAIN_ANSWER)
+            expect(replies).to_have_count(1)  # a late update of the cleared chat would bring its turns back
         finally:
             context.close()
 

@@ -460,7 +460,7 @@ def build_demo(model_path: str | None = None, *, max_new_tokens: int = DEFAULT_M
                     unlimited = gr.Checkbox(value=True, label="Unlimited thinking budget", elem_id="unlimited")
                     budget = gr.Slider(0, max_budget, value=min(16, max_budget), step=1, interactive=False,
                                        label="Thinking budget (reasoning tokens)", elem_id="budget")
-                clear = gr.ClearButton([chatbot, box], value="Clear chat", elem_id="clear")
+                clear = gr.Button("Clear chat", elem_id="clear")
                 refused = gr.Textbox(visible=False)  # names of files the page refused, filled in by SUBMIT_JS
                 gr.Examples([[{"text": EXAMPLE_QUESTION, "files": [str(EXAMPLE_IMAGE_PATH)]}]], inputs=[box],
                             label="Example (the nano task)")
@@ -477,13 +477,17 @@ def build_demo(model_path: str | None = None, *, max_new_tokens: int = DEFAULT_M
                 summary_view = gr.Markdown(NO_IMAGE_YET, label="AnyRes summary", elem_id="anyres-summary")
 
         demo.load(None, js=WATCH_UPLOADS_JS)
-        clear.click(lambda: (None, None, NO_IMAGE_YET), None, [grid_view, thumbnail_view, summary_view], queue=False,
-                    api_visibility="private")
-        box.submit(check, [box, chatbot, thinking, refused], None, js=SUBMIT_JS, show_progress="hidden",
-                   api_visibility="private").success(
+        reply = box.submit(check, [box, chatbot, thinking, refused], None, js=SUBMIT_JS, show_progress="hidden",
+                           api_visibility="private").success(
             chat, [box, chatbot, thinking, unlimited, budget], [chatbot, box, grid_view, thumbnail_view, summary_view],
             api_name="chat", show_progress="minimal", show_progress_on=[chatbot],
         )
+        # Clear is a queued event that cancels a running reply: its empty values come through the queue after the
+        # reply's last update, so a reply that is just finishing cannot fill the chat again (gr.ClearButton empties
+        # the components in the browser at once, and the reply's last update could still land after that).
+        clear.click(lambda: (None, None, None, None, NO_IMAGE_YET), None,
+                    [chatbot, box, grid_view, thumbnail_view, summary_view], cancels=[reply], show_progress="hidden",
+                    api_visibility="private")
         thinking.change(lambda on, free: (gr.Checkbox(interactive=on), gr.Slider(interactive=on and not free)),
                         [thinking, unlimited], [unlimited, budget], queue=False, api_visibility="private")
         unlimited.change(lambda on, free: gr.Slider(interactive=on and not free),
