@@ -331,12 +331,13 @@ class BlueLMVImageProcessingMixin:
 
     # ---- loading: every source through `image_loading.load_image`, so all give the same upright RGB image
     def fetch_images(self, image_url_or_urls):
-        """Load every image (paths, URLs, base64, bytes, PIL images, arrays) as RGB PIL images, nested lists kept."""
+        """Load every image (paths, URLs, base64, bytes, PIL images, arrays) as RGB PIL images, nested lists kept.
+        A `None` sample of a batch has no images (TRL's DistillationTrainer passes text-only rows so)."""
         counter = itertools.count()
 
-        def fetch(item):
+        def fetch(item, top=True):
             if isinstance(item, (list, tuple)):
-                return [fetch(inner) for inner in item]
+                return [[] if inner is None and top else fetch(inner, False) for inner in item]
             return load_image(item, next(counter))
 
         return fetch(image_url_or_urls)
