@@ -13,7 +13,8 @@ data, with the same seed; held-out accuracy, thinking and non-thinking, with `bl
    and distillation from the nano (recipes/nano/distill.yaml, thinking-mode rollouts).
 5. `bluelm-hf eval --n N --think/--no-think` on the warm-up, both arms and the teacher.
 
-Every step runs in a subprocess; prints each eval as it lands and a JSON summary at the end.
+Every step runs in a subprocess (`--jobs` at once for the arms and the evals; wall times then share the CPU); a
+finished warm-up in the work dir is reused. Prints each result and a JSON summary at the end.
 """
 
 from __future__ import annotations
@@ -31,12 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 WALL = re.compile(r"(Training|Distillation) wall time: .*")
 
 
-def run(cmd: list[str]) -> str:
+def run(cmds: list[list[str]], jobs: int = 1) -> list[str]:
+    """Runs `cmds` in subprocesses, `jobs` at a time; returns their outputs (stdout + stderr), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if result.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
-    return result.stdout + result.stderr
+
+    def one(cmd):
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        if result.returncode:
+            sys.exit(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+        return result.stdout + result.stderr
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, cmds))
 
 
 def build_student(out: Path, seed: int) -> Path:
@@ -59,10 +68,9 @@ def build_student(out: Path, seed: int) -> Path:
     return out
 
 
-def evaluate(model: str, n: int, think: bool) -> dict:
+def eval_command(model: str, n: int, think: bool) -> list[str]:
     flag = "--think" if think else "--no-think"
-    cmd = [sys.executable, "-m", "bluelm_hf.cli", "eval", "--model", model, "--n", str(n), flag, "--json"]
-    return json.loads(next(line for line in run(cmd).splitlines() if line.startswith('{"accuracy"')))
+    return [sys.executable, "-m", "bluelm_hf.cli", "eval", "--model", model, "--n", str(n), flag, "--json"]
 
 
 def main() -> None:
@@ -74,6 +82,7 @@ def main() -> None:
     parser.add_argument("--init-seed", type=int, default=0)
     parser.add_argument("--rows", type=int, default=48_000, help="SFT rows written (>= 16 x all steps)")
     parser.add_argument("--work-dir", default="runs/bench-distill")
+    parser.add_argument("--jobs", type=int, default=1, help="subprocesses at once for the two arms and the evals")
     args = parser.parse_args()
     work = (ROOT / args.work_dir).resolve()
     py = sys.executable
@@ -81,41 +90,48 @@ def main() -> None:
 
     start = time.perf_counter()
     if not (work / "nano" / "sft-data").exists():
-        run([py, "recipes/nano/prepare.py", "--output_dir", str(work / "nano"), "--dataset_size", str(args.rows),
-             "--grpo_size", "0"])  # fmt: skip
+        run([[py, "recipes/nano/prepare.py", "--output_dir", str(work / "nano"), "--dataset_size", str(args.rows),
+              "--grpo_size", "0"]])  # fmt: skip
     data = str(work / "nano" / "sft-data")
-    student = build_student(work / "student-init", args.init_seed)
+    student = work / "student-init"
+    if not (student / "model.safetensors").exists():
+        build_student(student, args.init_seed)
     timings["prepare_s"] = round(time.perf_counter() - start)
 
     warm = work / "student-warm"
-    out = run([py, "recipes/sft.py", "--config", "recipes/nano/sft.yaml", "--model_name_or_path", str(student),
-               "--dataset_name", data, "--max_steps", str(args.warmup_steps), "--save_strategy", "no",
-               "--learning_rate", str(args.warmup_lr), "--warmup_steps", str(max(args.warmup_steps // 10, 1)),
-               "--logging_steps", "250", "--output_dir", str(warm)])  # fmt: skip
-    timings["warmup"] = WALL.search(out).group(0)
+    if (warm / "model.safetensors").exists():  # a finished warm-up is reused (same settings: the caller's job)
+        timings["warmup"] = "reused"
+    else:
+        out = run([[py, "recipes/sft.py", "--config", "recipes/nano/sft.yaml", "--model_name_or_path", str(student),
+                    "--dataset_name", data, "--max_steps", str(args.warmup_steps), "--save_strategy", "no",
+                    "--learning_rate", str(args.warmup_lr), "--warmup_steps", str(max(args.warmup_steps // 10, 1)),
+                    "--logging_steps", "250", "--output_dir", str(warm)]])[0]  # fmt: skip
+        timings["warmup"] = WALL.search(out).group(0)
     print(f"warm-up: {timings['warmup']}", flush=True)
 
     arm = ["--model_name_or_path", str(warm), "--dataset_name", data, "--max_steps", str(args.steps), "--seed", "2",
            "--learning_rate", "3e-4", "--lr_scheduler_type", "constant", "--logging_steps", "25"]  # fmt: skip
-    sft_out = run([py, "recipes/sft.py", "--config", "recipes/nano/sft.yaml", *arm, "--warmup_steps", "0",
-                   "--save_strategy", "no", "--output_dir", str(work / "student-sft")])  # fmt: skip
-    timings["sft"] = WALL.search(sft_out).group(0)
-    print(f"sft: {timings['sft']}", flush=True)
-    distill_out = run([py, "recipes/distill.py", "--config", "recipes/nano/distill.yaml", *arm,
-                       "--output_dir", str(work / "student-distill")])  # fmt: skip
-    timings["distill"] = WALL.search(distill_out).group(0)
-    print(f"distill: {timings['distill']}", flush=True)
+    arms = {
+        "sft": [py, "recipes/sft.py", "--config", "recipes/nano/sft.yaml", *arm, "--warmup_steps", "0",
+                "--save_strategy", "no", "--output_dir", str(work / "student-sft")],
+        "distill": [py, "recipes/distill.py", "--config", "recipes/nano/distill.yaml", *arm,
+                    "--output_dir", str(work / "student-distill")],
+    }  # fmt: skip
+    for name, out in zip(arms, run(list(arms.values()), jobs=args.jobs)):
+        timings[name] = WALL.search(out).group(0)
+        print(f"{name}: {timings[name]}", flush=True)
 
     from bluelm_hf import NANO
 
-    results = {}
     models = {"warm-up": warm, "sft": work / "student-sft", "distill": work / "student-distill", "teacher": NANO}
-    for name, path in models.items():
-        for think in (True, False):
-            result = evaluate(str(path), args.eval_n, think)
-            key = f"{name} {'thinking' if think else 'non-thinking'}"
-            results[key] = {k: result[k] for k in ("accuracy", "n", "mean_thinking_tokens", "well_formed")}
-            print(key, results[key], flush=True)
+    runs = [(name, think) for name in models for think in (True, False)]
+    outputs = run([eval_command(str(models[name]), args.eval_n, think) for name, think in runs], jobs=args.jobs)
+    results = {}
+    for (name, think), out in zip(runs, outputs):
+        result = json.loads(next(line for line in out.splitlines() if line.startswith('{"accuracy"')))
+        key = f"{name} {'thinking' if think else 'non-thinking'}"
+        results[key] = {k: result[k] for k in ("accuracy", "n", "mean_thinking_tokens", "well_formed")}
+        print(key, results[key], flush=True)
     print(json.dumps({"args": vars(args), "timings": timings, "results": results}, indent=1))
 
 

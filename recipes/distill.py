@@ -27,13 +27,7 @@ from trl import ScriptArguments
 import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
 from bluelm_hf.data import load_training_data, to_prompts
 from bluelm_hf.distributed import enable_fsdp_on_cpu
-from bluelm_hf.training import (
-    apply_train_stage,
-    load_student,
-    report_process_group,
-    require_model_path,
-    train_and_save,
-)
+from bluelm_hf.training import load_student, report_process_group, require_model_path, train_and_save
 
 
 @dataclass
@@ -55,7 +49,7 @@ def load_teacher(training_args, model_args):
 
 
 def main(script_args, training_args, model_args, dataset_args=None):
-    from trl import DistillationTrainer, get_peft_config
+    from trl import DistillationTrainer
 
     report_process_group()
     enable_fsdp_on_cpu()  # --fsdp on CPU processes: accelerate would silently use DDP
@@ -64,10 +58,7 @@ def main(script_args, training_args, model_args, dataset_args=None):
     train_dataset, _ = load_training_data(script_args, dataset_args, seed=training_args.seed)
     train_dataset = to_prompts(train_dataset, source=script_args.dataset_name or "the mixture")
 
-    model, processor = load_student(model_args)
-    peft_config = get_peft_config(model_args)
-    # lora: the projector trains fully beside the adapters, so the stage wraps the model itself (see its docstring)
-    model = apply_train_stage(model, script_args.train_stage, peft_config)
+    model, processor, peft_config = load_student(model_args, script_args.train_stage)
     # TRL gives the teacher only what it was loaded with: it is never passed `teacher_model_init_kwargs` again
     training_args.teacher_model_init_kwargs = None
 
@@ -77,7 +68,7 @@ def main(script_args, training_args, model_args, dataset_args=None):
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
-        peft_config=None if script_args.train_stage == "lora" else peft_config,
+        peft_config=peft_config,
     )
     train_and_save(
         trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, what="Distillation"

@@ -39,13 +39,7 @@ from trl import ScriptArguments  # noqa: E402
 import bluelm_hf  # noqa: E402, F401  (registers the bluelm_v Auto classes)
 from bluelm_hf.data import load_training_data, repeat_long_cot  # noqa: E402
 from bluelm_hf.distributed import enable_fsdp_on_cpu  # noqa: E402
-from bluelm_hf.training import (  # noqa: E402
-    apply_train_stage,
-    load_student,
-    report_process_group,
-    require_model_path,
-    train_and_save,
-)
+from bluelm_hf.training import load_student, report_process_group, require_model_path, train_and_save  # noqa: E402
 
 
 @dataclass
@@ -76,7 +70,7 @@ class BlueLMSFTArguments(ScriptArguments):
 
 
 def main(script_args, training_args, model_args, dataset_args=None):
-    from trl import SFTTrainer, get_peft_config
+    from trl import SFTTrainer
 
     from bluelm_hf.training import vision_layerwise_optimizer
 
@@ -91,10 +85,7 @@ def main(script_args, training_args, model_args, dataset_args=None):
         "random init: `python recipes/nano/prepare.py`)"
     )
     train_dataset, eval_dataset = load_training_data(script_args, dataset_args, seed=training_args.seed)
-    model, processor = load_student(model_args, context_length=script_args.context_length)
-    peft_config = get_peft_config(model_args)
-    # lora: the projector trains fully beside the adapters, so the stage wraps the model itself (see its docstring)
-    model = apply_train_stage(model, script_args.train_stage, peft_config)
+    model, processor, peft_config = load_student(model_args, script_args.train_stage, script_args.context_length)
     train_dataset = repeat_long_cot(
         train_dataset, processor.tokenizer, script_args.long_cot_min_tokens, script_args.long_cot_repeat
     )
@@ -123,7 +114,7 @@ def main(script_args, training_args, model_args, dataset_args=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=processor,
-        peft_config=None if script_args.train_stage == "lora" else peft_config,
+        peft_config=peft_config,
         optimizers=optimizers,
     )
     train_and_save(trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint)

@@ -208,12 +208,19 @@ def require_model_path(model_args, hint: str) -> str:
     return model_args.model_name_or_path
 
 
-def load_student(model_args, context_length: int = 0):
-    """The model a recipe trains (`load_pretrained_for_training`) and its processor, from `--model_name_or_path`."""
+def load_student(model_args, train_stage: str = "full", context_length: int = 0):
+    """(model, processor, peft_config) of a recipe: `--model_name_or_path` loaded by `load_pretrained_for_training`,
+    set up for `train_stage` (`apply_train_stage`), and TRL's PEFT config from `--use_peft`. In the `lora` stage the
+    returned model is already the PeftModel (the projector trains fully beside the adapters): hand the trainer
+    `peft_config=None` then."""
     from transformers import AutoProcessor
+    from trl import get_peft_config
 
     model = load_pretrained_for_training(model_args, context_length=context_length)
-    return model, AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    peft_config = get_peft_config(model_args)
+    model = apply_train_stage(model, train_stage, peft_config)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    return model, processor, None if train_stage == "lora" else peft_config
 
 
 def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint=None, what: str = "Training") -> float:
