@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes" / "nano"))  # nano_data: the nano's SFT set
 RANKS = (1, 2, 8, 16)
 ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 GiB = 1024**3
@@ -83,7 +84,7 @@ def worker(strategy: str, output: str) -> None:
     from trl import SFTConfig, SFTTrainer
 
     import bluelm_hf
-    from bluelm_hf import nano_task
+    from nano_data import make_sft_dataset
     from bluelm_hf.distributed import enable_fsdp_on_cpu
 
     def local_bytes(tensor) -> int:
@@ -108,7 +109,7 @@ def worker(strategy: str, output: str) -> None:
     )  # fmt: skip
     callback = GradientBytes()
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=nano_task.make_sft_dataset(16),
+        model=model, args=args, train_dataset=make_sft_dataset(16),
         processing_class=AutoProcessor.from_pretrained(bluelm_hf.NANO), callbacks=[callback],
     )  # fmt: skip
     trainer.train()
@@ -194,9 +195,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     import bluelm_hf
 
-    from bluelm_hf import nano_task
+    from nano_data import make_sft_dataset
 
-    nano_task.make_sft_dataset(args.steps * args.batch * 2).save_to_disk(str(out / "data"))
+    make_sft_dataset(args.steps * args.batch * 2).save_to_disk(str(out / "data"))
     for strategy in ("ddp", "fsdp2"):
         flags = []
         if strategy == "fsdp2":

@@ -21,7 +21,9 @@
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -112,7 +114,8 @@ def _image_inputs(tile: int, width: int, height: int) -> dict:
 
     from bluelm_hf import BlueLMVImageProcessor, BlueLMVProcessor
     from bluelm_hf.image_processing_bluelm_v import candidate_grids
-    from bluelm_hf.nano_task import tokenizer_corpus, train_tokenizer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "nano"))
+    from nano_data import tokenizer_corpus, train_tokenizer
 
     tokenizer = train_tokenizer(tokenizer_corpus(n=200))  # ids < 400: valid for both 32k-vocab LLMs
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))

@@ -7,7 +7,8 @@ and rows in process), in one run, and whether the two give the same weights and 
 Both run `recipes/nano/sft.yaml`'s settings (the shipped nano's: batch 16, 2 torch threads, pinned AVX2 kernels,
 fused AdamW) for `--steps` steps on `16 x steps` rows, in subprocesses, one after the other. samples/s is the
 Trainer's `train_samples_per_second` (training loop only: data preparation is outside it in both). Prints JSON.
-Needs a git checkout (the reference recipe is read with `git show`).
+Needs a git checkout (the reference recipe and its library, `src/` of that commit, are read with `git show` /
+`git archive`; the general recipe runs on this checkout's library, PYTHONPATH as given).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LOG = re.compile(r"\{'(?:loss|train_runtime)'.*?\}")
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run(cmd: list[str], cwd: Path, **env_overrides: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env_overrides}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if result.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
@@ -57,9 +58,13 @@ def main() -> None:
         text = subprocess.run(["git", "show", f"{args.reference_commit}:{path}"], cwd=ROOT, check=True,
                               capture_output=True, text=True).stdout  # fmt: skip
         (reference / name).write_text(text)
+    # The reference recipe runs on its own library (it built the rows with nano_task.make_sft_dataset, since moved
+    # to recipes/nano/nano_data.py).
+    archive = subprocess.run(["git", "archive", args.reference_commit, "src"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(reference)], input=archive.stdout, check=True)
     old = run([sys.executable, str(reference / "sft.py"), "--config", str(reference / "nano_sft.yaml"),
                "--output_dir", str(work / "old"), "--dataset_size", rows, "--eval_size", "0", "--dataset_num_proc", "1",
-               *common], work)  # fmt: skip
+               *common], work, PYTHONPATH=str(reference / "src"))  # fmt: skip
     run([sys.executable, str(ROOT / "recipes/nano/prepare.py"), "--output_dir", str(work / "nano"),
          "--dataset_size", rows, "--grpo_size", "0", "--num_proc", "1"], work)  # fmt: skip
     new = run([sys.executable, str(ROOT / "recipes/sft.py"), "--config", str(ROOT / "recipes/nano/sft.yaml"),

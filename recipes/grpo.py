@@ -21,14 +21,14 @@ reads `thinking_budget` from it and adds the ThinkingBudgetLogitsProcessor.
 import functools
 import importlib
 import json
-import time
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
 import bluelm_hf  # noqa: F401  (registers the bluelm_v Auto classes)
 from bluelm_hf.data import load_training_data, to_prompts
-from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group
+from bluelm_hf.distributed import enable_fsdp_on_cpu
+from bluelm_hf.training import load_student, report_process_group, require_model_path, train_and_save
 
 DEFAULT_REWARDS = [
     "bluelm_hf.rewards.accuracy_reward",
@@ -96,12 +96,11 @@ def load_reward_funcs(names: list[str], kwargs_json: str = "{}") -> list:
 
 
 def main(script_args, training_args, model_args, dataset_args=None):
-    from transformers import AutoProcessor
-    from trl import GRPOTrainer, get_peft_config
+    from trl import GRPOTrainer
 
     report_process_group()
-    if model_args.model_name_or_path is None:
-        raise ValueError("--model_name_or_path is required: GRPO starts from an SFT'd BlueLM (recipes/sft.py)")
+    enable_fsdp_on_cpu()  # --fsdp on CPU processes: accelerate would silently use DDP
+    require_model_path(model_args, "GRPO starts from an SFT'd BlueLM (recipes/sft.py)")
     reward_funcs = load_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
     weights = training_args.reward_weights
     if weights is not None and len(weights) != len(reward_funcs):
@@ -109,11 +108,7 @@ def main(script_args, training_args, model_args, dataset_args=None):
     train_dataset, _ = load_training_data(script_args, dataset_args, seed=training_args.seed)
     train_dataset = to_prompts(train_dataset, source=script_args.dataset_name or "the mixture")
 
-    model = load_pretrained_for_training(model_args)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    peft_config = get_peft_config(model_args)
-    # lora: the projector trains fully beside the adapters, so the stage wraps the model itself (see its docstring)
-    model = apply_train_stage(model, script_args.train_stage, peft_config)
+    model, processor, peft_config = load_student(model_args, script_args.train_stage)
 
     trainer = GRPOTrainer(
         model=model,
@@ -121,21 +116,9 @@ def main(script_args, training_args, model_args, dataset_args=None):
         reward_funcs=reward_funcs,
         train_dataset=train_dataset,
         processing_class=processor,
-        peft_config=None if script_args.train_stage == "lora" else peft_config,
+        peft_config=peft_config,
     )
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    wall = time.perf_counter() - start
-    steps = max(trainer.state.global_step, 1)
-    trainer.accelerator.print(
-        f"GRPO wall time: {wall:.0f} s for {steps} steps ({wall / steps:.1f} s/step, "
-        f"{trainer.accelerator.num_processes} process(es))"
-    )
-
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-    trainer.accelerator.end_training()
+    train_and_save(trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, what="GRPO")
 
 
 if __name__ == "__main__":

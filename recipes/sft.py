@@ -22,7 +22,6 @@ datasets, so batches are padded.
 """
 
 import os
-import time
 from dataclasses import dataclass, field
 
 # Bit-reproducible training on CPU. By default PyTorch, MKL and oneDNN each pick the widest vector code the CPU
@@ -39,8 +38,8 @@ from trl import ScriptArguments  # noqa: E402
 
 import bluelm_hf  # noqa: E402, F401  (registers the bluelm_v Auto classes)
 from bluelm_hf.data import load_training_data, repeat_long_cot  # noqa: E402
-from bluelm_hf.distributed import enable_fsdp_on_cpu, unsharded_class  # noqa: E402
-from bluelm_hf.training import apply_train_stage, load_pretrained_for_training, report_process_group  # noqa: E402
+from bluelm_hf.distributed import enable_fsdp_on_cpu  # noqa: E402
+from bluelm_hf.training import load_student, report_process_group, require_model_path, train_and_save  # noqa: E402
 
 
 @dataclass
@@ -71,8 +70,9 @@ class BlueLMSFTArguments(ScriptArguments):
 
 
 def main(script_args, training_args, model_args, dataset_args=None):
-    from transformers import AutoProcessor
-    from trl import SFTTrainer, get_peft_config
+    from trl import SFTTrainer
+
+    from bluelm_hf.training import vision_layerwise_optimizer
 
     if script_args.torch_threads:
         import torch
@@ -80,20 +80,12 @@ def main(script_args, training_args, model_args, dataset_args=None):
         torch.set_num_threads(script_args.torch_threads)
     report_process_group()
     enable_fsdp_on_cpu()  # --fsdp on CPU processes: accelerate would silently use DDP
-
-    from bluelm_hf.training import vision_layerwise_optimizer
-
-    if model_args.model_name_or_path is None:
-        raise ValueError(
-            "--model_name_or_path is required: a BlueLM checkpoint, or one built by `bluelm-hf assemble VISION_MODEL "
-            "LM OUT` (BlueLM-nano's random init: `python recipes/nano/prepare.py`)"
-        )
+    require_model_path(
+        model_args, "a BlueLM checkpoint, or one built by `bluelm-hf assemble VISION_MODEL LM OUT` (BlueLM-nano's "
+        "random init: `python recipes/nano/prepare.py`)"
+    )
     train_dataset, eval_dataset = load_training_data(script_args, dataset_args, seed=training_args.seed)
-    model = load_pretrained_for_training(model_args, context_length=script_args.context_length)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    peft_config = get_peft_config(model_args)
-    # lora: the projector trains fully beside the adapters, so the stage wraps the model itself (see its docstring)
-    model = apply_train_stage(model, script_args.train_stage, peft_config)
+    model, processor, peft_config = load_student(model_args, script_args.train_stage, script_args.context_length)
     train_dataset = repeat_long_cot(
         train_dataset, processor.tokenizer, script_args.long_cot_min_tokens, script_args.long_cot_repeat
     )
@@ -122,26 +114,10 @@ def main(script_args, training_args, model_args, dataset_args=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         processing_class=processor,
-        peft_config=None if script_args.train_stage == "lora" else peft_config,
+        peft_config=peft_config,
         optimizers=optimizers,
     )
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    wall = time.perf_counter() - start
-    steps = max(trainer.state.global_step, 1)
-    samples = steps * training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    trainer.accelerator.print(
-        f"Training wall time: {wall:.0f} s ({samples * trainer.accelerator.num_processes / wall:.2f} samples/s)"
-    )
-
-    if trainer.is_fsdp_enabled:  # a sharded state dict is for resuming; the final folder is a whole model
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    with unsharded_class(trainer.model):  # FSDP2 renames the class; the saved auto_map must name ours
-        trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-        model.generation_config.save_pretrained(training_args.output_dir)
-    trainer.accelerator.end_training()
+    train_and_save(trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint)
 
 
 if __name__ == "__main__":

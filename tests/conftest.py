@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny BlueLM built on the fly (no Hub access)."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,9 @@ from PIL import Image
 import bluelm_hf
 from bluelm_hf import BlueLMVConfig, BlueLMVForConditionalGeneration, BlueLMVImageProcessor, BlueLMVProcessor
 from bluelm_hf.assemble import add_bluelm_special_tokens
-from bluelm_hf.nano_task import train_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "nano"))  # the nano's tokenizer trainer
+from nano_data import train_tokenizer  # noqa: E402
 
 TILE = 56  # 4x4 patches of 14 px -> 2x2 merged -> 4 tokens per tile
 CORPUS = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import random_image
 
-from bluelm_hf.nano_task import train_tokenizer
+from nano_data import train_tokenizer  # recipes/nano, on sys.path by conftest
 
 QWEN3_GENERATION = dict(do_sample=True, temperature=0.6, top_k=20, top_p=0.95, eos_token_id=[151645, 151643],
                         bos_token_id=151643, pad_token_id=151643)  # fmt: skip

@@ -152,6 +152,31 @@ def test_a_mixture_interleaves_with_the_given_probabilities(tmp_path, sft_recipe
     assert trained(out, tiny_checkpoint)
 
 
+def test_a_mixture_entry_keeps_its_columns(tmp_path):
+    """A mixture entry's `columns:` (TRL's DatasetConfig) selects the source's columns first: two sources with other
+    extra columns mix to `messages` + `images` only; a column the source lacks is named in the error."""
+    from trl import DatasetMixtureConfig, ScriptArguments, TrlParser
+
+    from bluelm_hf.data import load_training_data
+
+    images = write_jsonl(tmp_path / "images" / "data.jsonl", [{**r, "id": i} for i, r in enumerate([ROWS[0], ROWS[2]] * 4)])
+    texts = write_jsonl(tmp_path / "texts" / "data.jsonl", [{**r, "lang": "en"} for r in [ROWS[1], ROWS[3]] * 4])
+
+    def load(columns: str):
+        config = tmp_path / "mix.yaml"
+        config.write_text(f"datasets:\n  - path: {images}\n{columns}  - path: {texts}\n{columns}")
+        script_args, mixture = TrlParser((ScriptArguments, DatasetMixtureConfig)).parse_args_and_config(
+            ["--config", str(config)]
+        )
+        return load_training_data(script_args, mixture)[0]
+
+    train = load("    columns: [messages, images]\n")
+    assert train.column_names == ["messages", "images"] and len(train) == 16
+    assert set(load("").column_names) == {"messages", "images", "id", "lang"}  # interleaving fills in None
+    with pytest.raises(DatasetFormatError, match=r"images.data.jsonl: `columns` names \['answer'\], which it lacks"):
+        load("    columns: [messages, answer]\n")
+
+
 def test_text_and_image_rows_share_one_batch(tmp_path, tiny_model, tiny_processor):
     """TRL's vision collator on [image row, text row]: one padded batch with pixel values for the image row only,
     labels on the assistant tokens only, and a finite loss from the model."""

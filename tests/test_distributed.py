@@ -79,10 +79,10 @@ def assert_one_group_of_two(output: str) -> None:
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_process_sft(tmp_path, launcher):
     import bluelm_hf
-    from bluelm_hf import nano_task
+    from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
 
     sft_dir = tmp_path / "sft"
-    nano_task.make_sft_dataset(16).save_to_disk(str(tmp_path / "data"))
+    make_sft_dataset(16).save_to_disk(str(tmp_path / "data"))
     out = launch(
         launcher, "sft.py", "--config", str(ROOT / "recipes/nano/sft.yaml"), "--model_name_or_path", str(bluelm_hf.NANO),
         "--dataset_name", str(tmp_path / "data"), "--output_dir", str(sft_dir), "--max_steps", "2",
@@ -100,10 +100,10 @@ def test_two_process_grpo(tmp_path, launcher):
     InternVL-style tile count, `crop_to_patches` / `num_patches`, and a processor output of model inputs only)."""
     import bluelm_hf
 
-    from bluelm_hf import nano_task
+    from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
 
     grpo_dir = tmp_path / "grpo"
-    nano_task.make_sft_dataset(8, seed=1, think_ratio=1.0).save_to_disk(str(tmp_path / "data"))
+    make_sft_dataset(8, seed=1, think_ratio=1.0).save_to_disk(str(tmp_path / "data"))
     out = launch(
         launcher, "grpo.py", "--config", str(ROOT / "recipes/nano/grpo.yaml"),
         "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(tmp_path / "data"),
@@ -175,10 +175,10 @@ def assert_split_across_two_ranks(shard_dir: Path, min_rows: int = 2) -> int:
 def fsdp2_runs(tmp_path_factory):
     """One uninterrupted FSDP2 run through accelerate (recipes/accelerate/fsdp2.yaml), and one resumed from its step-2
     checkpoint through torchrun with the trainer's own --fsdp flags: the two ways docs/distributed.md gives."""
-    from bluelm_hf import nano_task
+    from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
 
     base = tmp_path_factory.mktemp("fsdp2")
-    nano_task.make_sft_dataset(16).save_to_disk(str(base / "data"))
+    make_sft_dataset(16).save_to_disk(str(base / "data"))
     accelerate_cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes/accelerate/fsdp2.yaml"),
         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
@@ -343,18 +343,19 @@ def worker(case: str, output_dir: str) -> None:
     from torch.distributed.fsdp import FSDPModule
     from trl import SFTConfig, SFTTrainer
 
-    from bluelm_hf import BlueLMVForConditionalGeneration, BlueLMVImageProcessor, BlueLMVProcessor, nano_task
+    from bluelm_hf import BlueLMVForConditionalGeneration, BlueLMVImageProcessor, BlueLMVProcessor
     from bluelm_hf.assemble import add_bluelm_special_tokens
     from bluelm_hf.distributed import enable_fsdp_on_cpu, fsdp_layer_classes
     from bluelm_hf.training import apply_train_stage
     from conftest import CORPUS, TILE, tiny_config
+    from nano_data import make_sft_dataset, train_tokenizer  # recipes/nano, on sys.path by conftest
 
     lm, stage, activation_checkpointing = UNIT_CASES[case]
     def own_class(module):  # fully_shard renames a unit's class FSDP<Name>
         return next(c.__name__ for c in type(module).__mro__ if not issubclass(c, FSDPModule))
 
     enable_fsdp_on_cpu()
-    tokenizer = nano_task.train_tokenizer(CORPUS, vocab_size=200)
+    tokenizer = train_tokenizer(CORPUS, vocab_size=200)
     config = tiny_config(add_bluelm_special_tokens(tokenizer), len(tokenizer), text_config=tiny_lm(lm))
     config.text_config.vocab_size = len(tokenizer)
     torch.manual_seed(0)
@@ -378,7 +379,7 @@ def worker(case: str, output_dir: str) -> None:
     )
     peft_config = lora if stage == "lora" else None
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=nano_task.make_sft_dataset(16), processing_class=processor,
+        model=model, args=args, train_dataset=make_sft_dataset(16), processing_class=processor,
         peft_config=peft_config,
     )  # fmt: skip
     trainer.train()

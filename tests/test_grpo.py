@@ -1,6 +1,8 @@
 """TRL's GRPOTrainer on BlueLM, in process: rollouts from the bundled nano go through our processor, and the
 thinking budget set in `generation_kwargs` reaches `BlueLMVForConditionalGeneration.generate`."""
 
+import sys
+
 import pytest
 import torch
 
@@ -55,3 +57,29 @@ def test_grpo_step_with_thinking_budget_in_generation_kwargs(tmp_path, budget):
         assert max(seen) > 2, seen  # the nano's natural traces are longer: the budget case below is a real cap
     else:
         assert all(length <= budget for length in seen), seen
+
+
+@pytest.mark.slow
+def test_grpo_recipe_under_fsdp2_on_two_cpu_processes(tmp_path):
+    """recipes/grpo.py through `accelerate launch --config_file recipes/accelerate/fsdp2.yaml` on 2 CPU processes:
+    the recipe's `enable_fsdp_on_cpu` keeps FSDP2 (accelerate would fall back to DDP), rollouts run on the sharded
+    policy, and the final folder is a whole model that loads as remote code."""
+    from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
+    from test_distributed import DDP_MARK, ROOT, assert_loads_as_remote_code, assert_one_group_of_two, free_port, run
+
+    make_sft_dataset(8, seed=1, think_ratio=1.0).save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "grpo"
+    log = run([
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes/accelerate/fsdp2.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        str(ROOT / "recipes/grpo.py"), "--config", str(ROOT / "recipes/nano/grpo.yaml"),
+        "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(tmp_path / "data"), "--output_dir", str(out),
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
+        "--max_completion_length", "8", "--logging_steps", "1",
+    ])  # fmt: skip
+    assert_one_group_of_two(log)
+    assert DDP_MARK not in log, "FSDP was dropped for DDP"
+    assert "GRPO wall time" in log and "2 process(es)" in log and "'rewards/accuracy_reward/mean'" in log
+    from safetensors.torch import load_file
+
+    assert_loads_as_remote_code(out, load_file(out / "model.safetensors"))

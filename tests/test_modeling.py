@@ -386,7 +386,7 @@ def test_assemble_from_pretrained_parts(tmp_path, tiny_tokenizer):
         SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14, image_size=TILE)
     )
     vision.save_pretrained(tmp_path / "vision")
-    from bluelm_hf.nano_task import train_tokenizer
+    from nano_data import train_tokenizer
     from conftest import CORPUS
 
     tokenizer = train_tokenizer(CORPUS, vocab_size=150)

@@ -1,4 +1,5 @@
-"""The nano task: generator, splits, answers, SFT rows and the nano tokenizer."""
+"""The nano task (bluelm_hf.nano_task): generator, splits, answers; and the nano recipe's SFT rows and tokenizer
+(recipes/nano/nano_data.py)."""
 
 import re
 from collections import Counter
@@ -9,6 +10,8 @@ from datasets import Image as ImageFeature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+
+import nano_data  # recipes/nano, on sys.path by conftest
 
 from bluelm_hf import nano_task
 from bluelm_hf.configuration_bluelm_v import SPECIAL_TOKENS
@@ -145,7 +148,7 @@ def test_traces_are_a_running_tally_that_ends_in_the_answer(colours, kind, targe
 
 
 def test_sft_dataset_mixes_trace_styles_in_the_requested_ratio():
-    dataset = nano_task.make_sft_dataset(40, seed=2, think_ratio=0.5, verbose_ratio=0.7)
+    dataset = nano_data.make_sft_dataset(40, seed=2, think_ratio=0.5, verbose_ratio=0.7)
     styles = dataset["trace_style"]
     assert [s is None for s in styles] == [not t for t in dataset["think"]]
     assert styles.count("verbose") == 14 and styles.count("concise") == 6
@@ -154,22 +157,22 @@ def test_sft_dataset_mixes_trace_styles_in_the_requested_ratio():
         if row["trace_style"] is not None:
             assert (reasoning.split()[0] == "cell") == (row["trace_style"] == "verbose")
     # The default keeps every trace concise; ratios outside [0, 1] are refused.
-    assert "verbose" not in nano_task.make_sft_dataset(8, seed=2)["trace_style"]
+    assert "verbose" not in nano_data.make_sft_dataset(8, seed=2)["trace_style"]
     with pytest.raises(ValueError, match="verbose_ratio"):
-        nano_task.make_sft_dataset(4, verbose_ratio=-0.1)
+        nano_data.make_sft_dataset(4, verbose_ratio=-0.1)
 
 
 def test_sft_dataset_is_the_same_rendered_in_several_processes():
-    one = nano_task.make_sft_dataset(30, seed=3, verbose_ratio=0.5)
+    one = nano_data.make_sft_dataset(30, seed=3, verbose_ratio=0.5)
     for num_proc in (2, 7):
-        assert nano_task.make_sft_dataset(30, seed=3, verbose_ratio=0.5, num_proc=num_proc).to_list() == one.to_list()
-    assert len(nano_task.make_sft_dataset(2, num_proc=4)) == 2
+        assert nano_data.make_sft_dataset(30, seed=3, verbose_ratio=0.5, num_proc=num_proc).to_list() == one.to_list()
+    assert len(nano_data.make_sft_dataset(2, num_proc=4)) == 2
     with pytest.raises(ValueError, match="num_proc must be >= 1, got 0"):
-        nano_task.make_sft_dataset(4, num_proc=0)
+        nano_data.make_sft_dataset(4, num_proc=0)
 
 
 def test_sft_dataset_mixes_modes_in_the_requested_ratio():
-    dataset = nano_task.make_sft_dataset(40, seed=2, think_ratio=0.25)
+    dataset = nano_data.make_sft_dataset(40, seed=2, think_ratio=0.25)
     assert set(dataset.column_names) >= {"messages", "images"}
     assert sum(dataset["think"]) == 10
     for row in dataset:
@@ -179,10 +182,10 @@ def test_sft_dataset_mixes_modes_in_the_requested_ratio():
         assert assistant["content"] == [{"type": "text", "text": row["answer"]}]
         assert bool(assistant["reasoning_content"]) == row["think"]
         assert len(row["images"]) == 1 and isinstance(row["images"][0], Image.Image)
-    assert sum(nano_task.make_sft_dataset(6, think_ratio=0.0)["think"]) == 0
-    assert sum(nano_task.make_sft_dataset(6, think_ratio=1.0)["think"]) == 6
+    assert sum(nano_data.make_sft_dataset(6, think_ratio=0.0)["think"]) == 0
+    assert sum(nano_data.make_sft_dataset(6, think_ratio=1.0)["think"]) == 6
     with pytest.raises(ValueError, match="think_ratio"):
-        nano_task.make_sft_dataset(4, think_ratio=1.5)
+        nano_data.make_sft_dataset(4, think_ratio=1.5)
 
 
 def test_rows_render_through_the_chat_template(nano_tokenizer):
@@ -214,7 +217,7 @@ def test_bundled_example_image_is_the_rendered_example():
 # ------------------------------------------------------------------------------------ tokenizer
 @pytest.fixture(scope="module")
 def nano_tokenizer():
-    return nano_task.train_tokenizer(nano_task.tokenizer_corpus(n=500, styles=nano_task.TRACE_STYLES))
+    return nano_data.train_tokenizer(nano_data.tokenizer_corpus(n=500, styles=nano_task.TRACE_STYLES))
 
 
 def test_every_special_token_is_one_id(nano_tokenizer):
@@ -256,13 +259,13 @@ def test_tokenizer_round_trips_and_spends_one_token_per_word(nano_tokenizer, tmp
 
 
 def test_tokenizer_corpus_holds_the_requested_trace_styles():
-    concise = list(nano_task.tokenizer_corpus(n=20))
-    both = list(nano_task.tokenizer_corpus(n=20, styles=("concise", "verbose")))
+    concise = list(nano_data.tokenizer_corpus(n=20))
+    both = list(nano_data.tokenizer_corpus(n=20, styles=("concise", "verbose")))
     assert not any(text.startswith("cell ") for text in concise)
     assert sum(text.startswith("cell ") for text in both) == 20
     assert [t for t in both if not t.startswith("cell ")] == concise
     with pytest.raises(ValueError, match="unknown trace style 'terse'"):
-        list(nano_task.tokenizer_corpus(n=2, styles=("terse",)))
+        list(nano_data.tokenizer_corpus(n=2, styles=("terse",)))
 
 
 def test_the_nano_prepare_script_builds_the_shipped_tokenizer(tmp_path):

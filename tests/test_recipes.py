@@ -58,7 +58,7 @@ def changed(before: dict, after: dict, part: str) -> bool:
     return any(not torch.equal(before[n], after[n]) for n in names)
 
 
-@pytest.mark.parametrize("stage", sorted(p.name for p in STAGES.glob("*.yaml")))
+@pytest.mark.parametrize("stage", sorted(p.name for p in STAGES.glob("[0-9]_*.yaml")))
 def test_every_stage_preset_runs_on_cpu(stage, stage_data, sft_recipe, grpo_recipe, tiny_checkpoint, capsys):
     out = stage_data / "out"
     args = ["--config", str(STAGES / stage), *CPU, "--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(out)]
@@ -86,8 +86,10 @@ def test_every_stage_preset_runs_on_cpu(stage, stage_data, sft_recipe, grpo_reci
 def test_each_stage_loads_the_one_before():
     from yaml import safe_load
 
-    presets = [safe_load(p.read_text()) for p in sorted(STAGES.glob("*.yaml"))]
-    assert [p["model_name_or_path"] for p in presets[1:]] == [p["output_dir"] for p in presets[:-1]]
+    presets = [safe_load(p.read_text()) for p in sorted(STAGES.glob("[0-9]_*.yaml"))]
+    assert len(presets) == 6 and [p["model_name_or_path"] for p in presets[1:]] == [p["output_dir"] for p in presets[:-1]]
+    distill = safe_load((STAGES / "distill.yaml").read_text())  # optional, between SFT and GRPO (tests/test_distill.py)
+    assert distill["model_name_or_path"] == presets[4]["output_dir"]
     assert presets[1]["vision_lr_decay"] == 0.9 and [d["fraction"] for d in presets[1]["datasets"]] == [0.6, 0.4]
 
 

@@ -39,6 +39,7 @@ from bluelm_hf.configuration_bluelm_v import (  # noqa: E402
     THINK_START_TOKEN,
 )
 from bluelm_hf.inference import load  # noqa: E402
+import nano_data  # noqa: E402 (recipes/nano, on sys.path by conftest)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),  # the bomb upload, on purpose
@@ -96,7 +97,7 @@ def _scripted_model(transitions: list[tuple[int, int]], model) -> None:
 def _save_scripted_model(path: Path, reasoning_ends_turn: bool = False) -> Path:
     """Saves the scripted BlueLM to `path`; with `reasoning_ends_turn`, thinking goes <think> red 1 ... so </s>
     (the turn ends inside the reasoning, with no answer)."""
-    tokenizer = nano_task.train_tokenizer(nano_task.tokenizer_corpus(n=50))
+    tokenizer = nano_data.train_tokenizer(nano_data.tokenizer_corpus(n=50))
     text_config = dict(model_type="llama", hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
                        tie_word_embeddings=False)

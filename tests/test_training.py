@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from bluelm_hf import BlueLMVForConditionalGeneration, nano_task
+from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
+
+from bluelm_hf import BlueLMVForConditionalGeneration
 from bluelm_hf.assemble import add_bluelm_special_tokens
 from bluelm_hf.training import (
     apply_train_stage,
@@ -29,7 +31,7 @@ def trainable(module) -> int:
 
 def test_sequence_lengths_are_what_the_processor_builds(tiny_processor):
     """The `length` column for group_by_length: each row's token count, image placeholders expanded by tile count."""
-    dataset = nano_task.make_sft_dataset(24, seed=5, verbose_ratio=0.5)
+    dataset = make_sft_dataset(24, seed=5, verbose_ratio=0.5)
     lengths = sequence_lengths(dataset, tiny_processor)
     built = []
     for row in dataset:
@@ -129,7 +131,7 @@ def _train(tmp_path, tiny_processor, tiny_tokenizer, max_steps, resume=None, sav
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    dataset = nano_task.make_sft_dataset(16, seed=3)
+    dataset = make_sft_dataset(16, seed=3)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -180,7 +182,7 @@ def test_qlora_sft_recipe_trains_adapters_on_a_4bit_llm(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "qlora"
     data = tmp_path / "data"
-    nano_task.make_sft_dataset(24, seed=0).save_to_disk(str(data))
+    make_sft_dataset(24, seed=0).save_to_disk(str(data))
     cmd = [
         sys.executable, str(root / "recipes/sft.py"), "--config", str(root / "recipes/nano/sft.yaml"),
         "--model_name_or_path", str(bluelm_hf.NANO), "--load_in_4bit", "--use_peft", "--train_stage", "lora",

@@ -110,7 +110,7 @@ from bluelm_hf import (  # noqa: E402
     BlueLMVProcessor,
 )
 from bluelm_hf.assemble import add_bluelm_special_tokens  # noqa: E402
-from bluelm_hf.nano_task import train_tokenizer  # noqa: E402
+from nano_data import train_tokenizer  # noqa: E402 (recipes/nano, on sys.path by conftest)
 
 IMAGE_TOKEN_ID = 3
 

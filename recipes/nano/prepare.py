@@ -5,9 +5,9 @@
     python recipes/sft.py --config recipes/nano/sft.yaml # then train it (recipes/nano/README.md)
     bluelm-hf eval --model runs/nano-sft                 # the held-out check
 
-- `init/`: a byte-level BPE tokenizer trained on the task corpus (`nano_task.train_tokenizer`) and a randomly
+- `init/`: a byte-level BPE tokenizer trained on the task corpus (`nano_data.train_tokenizer`) and a randomly
   initialised nano-shaped BlueLM (`init_from_scratch`, seeded with `--seed`, which is also the SFT seed).
-- `sft-data/`: `nano_task.make_sft_dataset` (`save_to_disk`): `messages` + `images`, half of the rows with a trace
+- `sft-data/`: `nano_data.make_sft_dataset` (`save_to_disk`): `messages` + `images`, half of the rows with a trace
   in `reasoning_content` (thinking-mode fusion).
 - `grpo-data/`: the same generator with another seed, thinking rows only; `recipes/grpo.py` turns each row into a
   prompt (the user turn) and an `answer` (the assistant's).
@@ -21,7 +21,8 @@ steps against that recipe's weights). The over-thinking start of the Group Overl
 import argparse
 from pathlib import Path
 
-from bluelm_hf import nano_task
+from nano_data import make_sft_dataset, tokenizer_corpus, train_tokenizer
+
 from bluelm_hf.assemble import init_from_scratch
 
 
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args) -> Path:
     out = Path(args.output_dir)
     styles = ("concise", "verbose") if args.verbose_ratio > 0 else ("concise",)
-    tokenizer = nano_task.train_tokenizer(
-        nano_task.tokenizer_corpus(seed=args.data_seed, styles=styles), vocab_size=args.tokenizer_vocab_size
+    tokenizer = train_tokenizer(
+        tokenizer_corpus(seed=args.data_seed, styles=styles), vocab_size=args.tokenizer_vocab_size
     )
     model, processor = init_from_scratch(tokenizer, seed=args.seed)
     # The ids TRL's SFTTrainer aligns the config to anyway (weights and training are unchanged by it).
@@ -53,13 +54,13 @@ def main(args) -> Path:
     model.config.text_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out / "init")
     processor.save_pretrained(out / "init")
-    sft = nano_task.make_sft_dataset(
+    sft = make_sft_dataset(
         args.dataset_size, seed=args.data_seed, think_ratio=args.think_ratio, verbose_ratio=args.verbose_ratio,
         num_proc=args.num_proc,
     )  # fmt: skip
     sft.save_to_disk(str(out / "sft-data"))
     if args.grpo_size:
-        grpo = nano_task.make_sft_dataset(args.grpo_size, seed=args.grpo_seed, think_ratio=1.0)
+        grpo = make_sft_dataset(args.grpo_size, seed=args.grpo_seed, think_ratio=1.0)
         grpo.save_to_disk(str(out / "grpo-data"))
     print(f"[bluelm-hf] nano init, {len(sft)} SFT rows and {args.grpo_size} GRPO prompts in {out}")
     return out

@@ -54,11 +54,15 @@ def message_features():
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_conversations(path: str, name: str | None = None, split: str = "train", **load_kwargs):
+def load_conversations(
+    path: str, name: str | None = None, split: str = "train", columns: Sequence[str] | None = None, **load_kwargs
+):
     """One source as a `Dataset` with `messages` and `images` columns, validated (see the module docstring).
 
-    `load_kwargs` (e.g. `data_files`, `data_dir` of a mixture entry) go to `datasets.load_dataset` for a Hub id or
-    a folder of data files; a local file or image folder is loaded whole."""
+    `columns` (a mixture entry's `columns:`, as in TRL's `get_dataset`) keeps only those columns of the source before
+    anything else, e.g. `[messages, images]` to drop columns that other sources of a mixture lack. `load_kwargs`
+    (e.g. `data_files`, `data_dir` of a mixture entry) go to `datasets.load_dataset` for a Hub id or a folder of data
+    files; a local file or image folder is loaded whole."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
     local = Path(path)
@@ -86,6 +90,11 @@ def load_conversations(path: str, name: str | None = None, split: str = "train",
             dataset = _split(dataset, split, path)
     if not isinstance(dataset, Dataset):
         raise DatasetFormatError(f"{path}: streaming datasets are not supported by the BlueLM recipes yet")
+    if columns is not None:
+        missing = [c for c in columns if c not in dataset.column_names]
+        if missing:
+            raise DatasetFormatError(f"{path}: `columns` names {missing}, which it lacks; it has {dataset.column_names}")
+        dataset = dataset.select_columns(list(columns))
     return to_conversations(dataset, source=str(path), base_dir=base_dir)
 
 
@@ -124,7 +133,7 @@ def load_training_data(script_args, dataset_args=None, seed: int = 0):
     if entries:
         parts = [
             load_conversations(
-                e.path, e.name, e.split, **({"data_files": e.data_files} if e.data_files else {}),
+                e.path, e.name, e.split, e.columns, **({"data_files": e.data_files} if e.data_files else {}),
                 **({"data_dir": e.data_dir} if e.data_dir else {}),
             )
             for e in entries

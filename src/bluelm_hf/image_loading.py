@@ -261,10 +261,11 @@ def load_image(
                          f"{error}") from error
 
 
-def flatten_images(images) -> list:
-    """A flat list of single images from an image, a (nested) list of them, or 4D arrays/tensors (batches)."""
+def flatten_images(images, _top: bool = True) -> list:
+    """A flat list of single images from an image, a (nested) list of them, or 4D arrays/tensors (batches). A `None`
+    sample of a batch has no images (TRL's DistillationTrainer passes text-only rows so)."""
     if isinstance(images, (list, tuple)):
-        return [leaf for item in images for leaf in flatten_images(item)]
+        return [leaf for item in images if not (_top and item is None) for leaf in flatten_images(item, False)]
     if getattr(images, "ndim", None) == 4 and (isinstance(images, np.ndarray) or hasattr(images, "detach")):
         return list(images)
     return [images]

@@ -336,12 +336,13 @@ class BlueLMVImageProcessingMixin:
         """Encoded sources (paths, URLs, base64, bytes) decoded as upright 8-bit PIL images in their own channels
         (`image_loading.keep_channels`); PIL images, arrays and tensors passed through, nested lists kept, as
         transformers' `fetch_images` does. The RGB conversion (`do_convert_rgb`) is the processor's own step, so it
-        treats every source alike."""
+        treats every source alike.
+        A `None` sample of a batch has no images (TRL's DistillationTrainer passes text-only rows so)."""
         counter = itertools.count()
 
-        def fetch(item):
+        def fetch(item, top=True):
             if isinstance(item, (list, tuple)):
-                return [fetch(inner) for inner in item]
+                return [[] if inner is None and top else fetch(inner, False) for inner in item]
             index = next(counter)
             if isinstance(item, (str, bytes, bytearray, memoryview, os.PathLike)):
                 return load_image(item, index, convert_rgb=False)

@@ -201,11 +201,65 @@ def report_process_group() -> None:
     print(f"[bluelm-hf] rank {state.process_index}/{state.num_processes}: {group}", flush=True)
 
 
+def require_model_path(model_args, hint: str) -> str:
+    """`--model_name_or_path`, or a ValueError saying what to pass (`hint`), before any data is read."""
+    if model_args.model_name_or_path is None:
+        raise ValueError(f"--model_name_or_path is required: {hint}")
+    return model_args.model_name_or_path
+
+
+def load_student(model_args, train_stage: str = "full", context_length: int = 0):
+    """(model, processor, peft_config) of a recipe: `--model_name_or_path` loaded by `load_pretrained_for_training`,
+    set up for `train_stage` (`apply_train_stage`), and TRL's PEFT config from `--use_peft`. In the `lora` stage the
+    returned model is already the PeftModel (the projector trains fully beside the adapters): hand the trainer
+    `peft_config=None` then."""
+    from transformers import AutoProcessor
+    from trl import get_peft_config
+
+    model = load_pretrained_for_training(model_args, context_length=context_length)
+    peft_config = get_peft_config(model_args)
+    model = apply_train_stage(model, train_stage, peft_config)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    return model, processor, None if train_stage == "lora" else peft_config
+
+
+def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint=None, what: str = "Training") -> float:
+    """`trainer.train()`, timed and reported (samples/s over all processes), then the whole model, its processor and
+    generation config saved to `output_dir`, also under FSDP; returns the wall time in seconds."""
+    import time
+
+    from .distributed import unsharded_class
+
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    wall = time.perf_counter() - start
+    args = trainer.args
+    steps = max(trainer.state.global_step, 1)
+    samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    trainer.accelerator.print(
+        f"{what} wall time: {wall:.0f} s for {steps} steps ({wall / steps:.2f} s/step, "
+        f"{samples * trainer.accelerator.num_processes / wall:.2f} samples/s, "
+        f"{trainer.accelerator.num_processes} process(es))"
+    )
+    if trainer.is_fsdp_enabled:  # a sharded state dict is for resuming; the final folder is a whole model
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    with unsharded_class(trainer.model):  # FSDP2 renames the class; the saved auto_map must name ours
+        trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(output_dir)
+        trainer.accelerator.unwrap_model(trainer.model).generation_config.save_pretrained(output_dir)
+    trainer.accelerator.end_training()
+    return wall
+
+
 __all__ = [
     "TRAIN_STAGES",
     "apply_train_stage",
+    "load_student",
+    "require_model_path",
     "report_process_group",
     "sequence_lengths",
+    "train_and_save",
     "vision_layerwise_optimizer",
     "vision_layerwise_param_groups",
     "yarn_rope_parameters",
