@@ -201,9 +201,9 @@ def manifest_entries(model, metadata: dict, out_dir: Path) -> tuple[dict, dict]:
     size = (out_dir / PTE_FILE).stat().st_size
     none = {"method": "none", "weights": "float32"}
 
-    def entry(name, inputs, outputs, size_bytes):
-        files = [PTE_FILE] if size_bytes else []
-        return {"file": PTE_FILE, "method": METHODS[name], "files": files, "size_bytes": size_bytes,
+    def entry(name, inputs, outputs, _size):
+        # every method is in the one program: size_bytes is the whole model.pte's for each (counted once in total)
+        return {"file": PTE_FILE, "method": METHODS[name], "files": [PTE_FILE], "size_bytes": size,
                 "inputs": inputs, "outputs": outputs, "quantization": none}  # fmt: skip
 
     components = {
@@ -211,13 +211,13 @@ def manifest_entries(model, metadata: dict, out_dir: Path) -> tuple[dict, dict]:
             "vision_encoder",
             [{"name": "pixel_values", "dtype": "float32", "shape": [1, 3, tile, tile]}],
             [{"name": "image_features", "dtype": "float32", "shape": [1, tokens, hidden]}],
-            size,  # the whole program counted once, here
+            size,
         ),
         "embed_tokens": entry(
             "embed_tokens",
             [{"name": "input_ids", "dtype": "int64", "shape": [1, "sequence_length"]}],
             [{"name": "inputs_embeds", "dtype": "float32", "shape": [1, "sequence_length", hidden]}],
-            0,
+            size,
         ),
         "decoder": entry(
             "decoder",
@@ -226,12 +226,13 @@ def manifest_entries(model, metadata: dict, out_dir: Path) -> tuple[dict, dict]:
                 {"name": "cache_position", "dtype": "int64", "shape": ["sequence_length"]},
             ],
             [{"name": "logits", "dtype": "float32", "shape": [1, "sequence_length", model.config.text_config.vocab_size]}],
-            0,
+            size,
         ),
     }
     runner = {
         "layout": LAYOUT,
         "program": PTE_FILE,
+        "size_bytes": size,
         "tokenizer": TOKENIZER_FILE,
         "methods": dict(METHODS),
         "constant_methods": metadata,
@@ -495,3 +496,22 @@ def runner_generate(
         else:
             pending = [make_token_input([last])]
     return {"token_ids": generated, "text": tokenizer.decode(generated, skip_special_tokens=False)}
+
+
+@torch.no_grad()
+def verify_runner(export_dir, model, processor, sample, tokens: int) -> dict:
+    """ExecuTorch's `MultimodalRunner` on the export against PyTorch: greedy, up to `tokens` new tokens. The runner
+    has no way to suppress EOS (no `min_new_tokens`), so both sides stop at EOS here; the EOS-suppressed comparison
+    of at least 32 tokens is `verify_export`'s, on the same program's methods."""
+    runner = load_runner(export_dir)
+    prompt = sample["input_ids"].shape[1]
+    want = model.generate(**sample, max_new_tokens=tokens, do_sample=False)[0, prompt:].tolist()
+    got = runner_generate(runner, runner_inputs(sample, model.config), processor.tokenizer, model.config, tokens,
+                          generation_config=model.generation_config)["token_ids"]  # fmt: skip
+    return {
+        "passed": got == want,
+        "new_tokens": len(got),
+        "eos_suppressed": False,
+        "greedy_tokens_pytorch": want,
+        "greedy_tokens_runner": got,
+    }
