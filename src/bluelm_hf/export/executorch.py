@@ -23,7 +23,7 @@ runs through the runner's own `generate` and `prefill` (`runner_generate`).
 from __future__ import annotations
 
 import copy
-import json
+import functools
 from pathlib import Path
 
 import torch
@@ -366,6 +366,11 @@ def runner_inputs(batch, config, text_inputs_with=None) -> list:
     return inputs
 
 
+@functools.lru_cache(maxsize=4)
+def _piece_ids(tokenizer) -> "_PieceIds":
+    return _PieceIds(tokenizer)
+
+
 class _PieceIds:
     """The runner's token callback hands over each token's text (its tokenizer's `decode`); this maps it back to the
     id, from the HF tokenizer's single-token decodes (which the runner's HF tokenizer loader reproduces)."""
@@ -433,7 +438,7 @@ def runner_generate(
     closing = [int(i) for i in closing]
     eos = tokenizer.eos_token_id if generation_config is None else generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
-    piece_ids = _PieceIds(tokenizer)
+    piece_ids = _piece_ids(tokenizer)
 
     # Reasoning state, as ThinkingBudgetLogitsProcessor counts it: the prompt may end inside an open block.
     state = {"inside": False, "used": 0, "stopped": False}

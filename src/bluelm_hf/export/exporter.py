@@ -216,6 +216,8 @@ def export_model(
     raise `ExportDestinationError` with nothing half-written left behind.
     """
     _validate_request(format, quant, kv_cache)
+    if max_cache_len is not None and format != "executorch":
+        raise ValueError("max_cache_len is an ExecuTorch option (the KV cache inside model.pte); ONNX caches grow")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, processor = load_for_export(model_dir)  # before touching out_dir: a bad model leaves it alone
     prepare_out_dir(out_dir, model_dir, overwrite)
