@@ -389,7 +389,7 @@ def _build_manifest(model, processor, exported, out_dir: Path, format, quant, kv
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
             pass
-    return {
+    manifest = {
         "format": format,
         "schema_version": 1,
         "producer": "bluelm_hf.export",
@@ -444,6 +444,14 @@ def _build_manifest(model, processor, exported, out_dir: Path, format, quant, kv
         **({"runner": runner} if runner is not None else {}),
         "versions": versions,
     }
+    if runner is not None:  # model.pte keeps its KV cache inside and takes cache positions, not masks / past tensors
+        manifest["kv_cache"].update(layout=runner["kv_cache"], input_name=None, output_name=None)
+        manifest["inputs_contract"] = {
+            "cache_position": "past + arange(sequence_length)",
+            "image_inputs": runner["image_inputs"],
+            "padding": "batch size 1, no padding",
+        }
+    return manifest
 
 
 
