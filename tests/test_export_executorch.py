@@ -65,7 +65,9 @@ def test_one_pte_with_the_runners_methods_and_metadata(export_dir, nano):
 
     model, _ = nano
     manifest = json.loads((export_dir / "bluelm_export.json").read_text())
-    assert sorted(manifest["written_files"]) == sorted(manifest["written_files"])
+    assert "export.json" not in manifest["written_files"] and sorted(p.name for p in export_dir.iterdir()) == sorted(
+        manifest["written_files"]
+    )
     assert [f for f in manifest["written_files"] if f.endswith(".pte")] == ["model.pte"]
     assert "tokenizer.json" in manifest["written_files"]
     assert manifest["runner"]["methods"] == {
@@ -76,7 +78,9 @@ def test_one_pte_with_the_runners_methods_and_metadata(export_dir, nano):
     program = Runtime.get().load_program(export_dir / "model.pte")
     names = set(program.method_names)
     assert {"vision_encoder", "token_embedding", "text_decoder"} <= names
-    constants = {name: program.load_method(name).execute([]) for name in names if name.startswith(("get_", "use_", "enable_"))}
+    constants = {
+        name: program.load_method(name).execute([]) for name in names if name.startswith(("get_", "use_", "enable_"))
+    }
     assert constants["get_max_context_len"] == [256] and constants["get_max_seq_len"] == [256]
     assert constants["get_eos_ids"] == [1] == model.generation_config.eos_token_id
     assert constants["use_kv_cache"] == [True] and constants["enable_dynamic_shape"] == [True]
@@ -114,9 +118,12 @@ def test_multimodal_runner_greedy_equals_pytorch(export_dir, nano, runner, think
                               MAX_NEW_TOKENS, budget, generation_config=model.generation_config,
                               token_callback=pieces.append)  # fmt: skip
         assert got["token_ids"] == want.tolist(), (question, thinking, budget)
-        # what the runner itself emitted, token by token (forced closing tokens are prefilled, not emitted)
+        # what the runner itself emitted, token by token: all of it, but a forced </think> (prefilled, not emitted)
         emitted = [processor.tokenizer.decode([t]) for t in want.tolist()]
-        assert "".join(pieces) in "".join(emitted) and len(pieces) <= len(emitted)
+        if pieces != emitted:
+            assert budget is not None and "</think>" in emitted
+            emitted.remove("</think>")
+            assert pieces == emitted
         if budget is not None:
             reasoning = want.tolist().index(model.config.think_end_token_id) - 1  # tokens after <think>
             assert reasoning <= budget
