@@ -135,7 +135,10 @@ def export_multimodal_program(model, processor, max_seq_len: int | None = None, 
         ),
         "decoder": (
             TextDecoderForExecutorch(model, max_cache_len),
-            {"inputs_embeds": torch.randn(1, 3, text.hidden_size, generator=generator), "cache_position": torch.arange(3)},
+            {
+                "inputs_embeds": torch.randn(1, 3, text.hidden_size, generator=generator),
+                "cache_position": torch.arange(3),
+            },
             {"inputs_embeds": {1: seq}, "cache_position": {0: seq}},
         ),
     }
@@ -195,7 +198,8 @@ def manifest_entries(model, metadata: dict, out_dir: Path) -> tuple[dict, dict]:
     """`(components, runner)` of bluelm_export.json for a `model.pte`: the three methods (under our component names,
     each with the .pte method it is) and how `MultimodalRunner` is fed."""
     num_layers, kv_heads, head_dim = kv_shape(model)
-    hidden = model.config.text_config.hidden_size
+    text = model.config.text_config
+    hidden = text.hidden_size
     tile = model.config.vision_config.image_size
     tokens = model.config.image_tokens_per_tile
     size = (out_dir / PTE_FILE).stat().st_size
@@ -225,7 +229,7 @@ def manifest_entries(model, metadata: dict, out_dir: Path) -> tuple[dict, dict]:
                 {"name": "inputs_embeds", "dtype": "float32", "shape": [1, "sequence_length", hidden]},
                 {"name": "cache_position", "dtype": "int64", "shape": ["sequence_length"]},
             ],
-            [{"name": "logits", "dtype": "float32", "shape": [1, "sequence_length", model.config.text_config.vocab_size]}],
+            [{"name": "logits", "dtype": "float32", "shape": [1, "sequence_length", text.vocab_size]}],
             size,
         ),
     }
@@ -293,7 +297,9 @@ class MultimodalProgram:
             )
         cache_position = torch.arange(past, past + seq)
         if not torch.equal(position_ids.reshape(-1).cpu(), cache_position):
-            raise ValueError(f"position_ids {position_ids.tolist()} are not the cache positions {past}..{past + seq - 1}")
+            raise ValueError(
+                f"position_ids {position_ids.tolist()} are not the cache positions {past}..{past + seq - 1}"
+            )
         logits = self._methods["decoder"].execute([inputs_embeds.float().contiguous(), cache_position])[0]
         # one float per position and head: transformers' cache counts a layer with no elements as empty
         width = torch.zeros(1, self._kv_heads, past + seq, 1)
@@ -355,7 +361,9 @@ def runner_inputs(batch, config, text_inputs_with=None) -> list:
             continue
         run = next((j for j in range(index, len(ids)) if ids[j] != image_id), len(ids)) - index
         if run % per_tile:
-            raise ValueError(f"a run of {run} <image> placeholders at position {index} is not whole tiles of {per_tile}")
+            raise ValueError(
+                f"a run of {run} <image> placeholders at position {index} is not whole tiles of {per_tile}"
+            )
         if chunk:
             inputs.append(text(chunk))
             chunk = []
