@@ -45,6 +45,12 @@ def add_export_subcommand(subparsers) -> Any:
         default=MIN_VERIFY_TOKENS,
         help=f"greedy tokens compared, EOS suppressed (default and minimum to pass: {MIN_VERIFY_TOKENS})",
     )
+    parser.add_argument(
+        "--max-cache-len",
+        type=int,
+        default=None,
+        help="executorch: KV-cache positions in model.pte (default max_position_embeddings)",
+    )
     parser.set_defaults(func=export_main)
     return parser
 
@@ -61,6 +67,7 @@ def export_main(args) -> int:
             verify=args.verify,
             kv_cache=getattr(args, "kv_cache", "float32"),
             verify_tokens=getattr(args, "verify_tokens", MIN_VERIFY_TOKENS),
+            **({"max_cache_len": args.max_cache_len} if getattr(args, "max_cache_len", None) else {}),
         )
     except ExportVerificationError as error:
         print(f"error: {error}")

@@ -130,52 +130,12 @@ def _export_onnx(model, plan: dict, kv_cache: str, calibration: dict | None, pro
     return ExportedModel(components, "onnx", config=model.config, generation_config=model.generation_config)
 
 
-def _export_executorch(model, quant: str):
-    """ExecuTorch (XNNPACK) programs of the three components: static-batch-1 graphs with bounded dynamic lengths."""
-    from transformers.exporters import ExecutorchConfig
-    from transformers.exporters.base import ExportedModel
+def _export_executorch(model, processor, max_cache_len: int | None = None):
+    """One multi-method XNNPACK `.pte` for ExecuTorch's `MultimodalRunner` (`executorch.py`)."""
+    from .executorch import MultimodalExport, export_multimodal_program
 
-    try:
-        from transformers.exporters import ExecutorchExporter
-
-        exporter = ExecutorchExporter()
-    except (ImportError, ModuleNotFoundError) as error:
-        raise ImportError(_executorch_missing_message(error)) from error
-
-    Dim = torch.export.Dim
-    num_layers = kv_shape(model)[0]
-    max_len = int(getattr(model.config.text_config, "max_position_embeddings", 4096))
-    tiles = Dim("num_tiles", min=1, max=max(64, (model.config.max_grid_size**2 + 1) * 4))
-    seq = Dim("sequence_length", min=1, max=max_len)
-    past = Dim("past_sequence_length", min=0, max=max_len - 1)
-    # ExecuTorch plans memory for the largest shape, so every dynamic axis is bounded; `attention_mask` (past + seq)
-    # stays `Dim.AUTO`, bounded through that relation.
-    samples = sample_inputs(model, batch=1)
-    shapes = {
-        "vision_encoder": {"pixel_values": {0: tiles}},
-        "embed_tokens": {"input_ids": {1: Dim("ids_length", min=1, max=max_len)}},
-        "decoder": {
-            "inputs_embeds": {1: seq},
-            "attention_mask": {1: Dim.AUTO},
-            "position_ids": {1: seq},
-            "past_key_values": [{"key": {2: past}, "value": {2: past}} for _ in range(num_layers)],
-        },
-    }
-    modules = {
-        "vision_encoder": VisionEncoderForExport(model).eval(),
-        "embed_tokens": EmbedTokensForExport(model).eval(),
-        "decoder": DecoderForExport(model).eval(),
-    }
-    components = {}
-    for name, module in modules.items():
-        config = ExecutorchConfig(
-            dynamic=True,
-            dynamic_shapes=shapes[name],
-            backend="xnnpack",
-            prefer_deferred_runtime_asserts_over_guards=True,
-        )
-        components[name] = exporter.export(module, samples[name], config).components["model"]
-    return ExportedModel(components, "executorch", config=model.config, generation_config=model.generation_config)
+    manager, metadata = export_multimodal_program(model, processor, max_cache_len=max_cache_len)
+    return MultimodalExport(manager, metadata, model, processor)
 
 
 def _executorch_missing_message(error: Exception) -> str:
@@ -210,41 +170,6 @@ def _io_spec(component_dir: Path, entry: dict) -> tuple[list, list]:
     return describe(proto.graph.input), describe(proto.graph.output)
 
 
-def _component_io_executorch(model, name: str) -> tuple[list, list]:
-    num_layers, kv_heads, head_dim = kv_shape(model)
-    text = model.config.text_config
-    tile = model.config.vision_config.image_size
-    if name == "vision_encoder":
-        return (
-            [{"name": "pixel_values", "dtype": "float32", "shape": ["num_tiles", 3, tile, tile]}],
-            [
-                {
-                    "name": "image_features",
-                    "dtype": "float32",
-                    "shape": ["num_tiles", model.config.image_tokens_per_tile, text.hidden_size],
-                }
-            ],
-        )
-    if name == "embed_tokens":
-        return (
-            [{"name": "input_ids", "dtype": "int64", "shape": [1, "sequence_length"]}],
-            [{"name": "inputs_embeds", "dtype": "float32", "shape": [1, "sequence_length", text.hidden_size]}],
-        )
-    inputs = [
-        {"name": "inputs_embeds", "dtype": "float32", "shape": [1, "sequence_length", text.hidden_size]},
-        {"name": "attention_mask", "dtype": "int64", "shape": [1, "total_sequence_length"]},
-        {"name": "position_ids", "dtype": "int64", "shape": [1, "sequence_length"]},
-    ]
-    outputs = [{"name": "logits", "dtype": "float32", "shape": [1, "sequence_length", text.vocab_size]}]
-    for i in range(num_layers):
-        for kind in ("key", "value"):
-            past_shape = [1, kv_heads, "past_sequence_length", head_dim]
-            present_shape = [1, kv_heads, "total_sequence_length", head_dim]
-            inputs.append({"name": f"past_key_values.{i}.{kind}", "dtype": "float32", "shape": past_shape})
-            outputs.append({"name": f"present.{i}.{kind}", "dtype": "float32", "shape": present_shape})
-    return inputs, outputs
-
-
 def _copy_processor_files(model_dir: Path, out_dir: Path) -> list[str]:
     """Everything but the weights (tokenizer, processor and generation configs, chat template, remote code)."""
     copied = []
@@ -275,6 +200,7 @@ def export_model(
     int4_accuracy_level: int | None = 4,
     block_size: int = 32,
     opset: int | None = None,
+    max_cache_len: int | None = None,
 ) -> dict:
     """Export the BlueLM-V model saved in `model_dir` to `out_dir`; returns the report (also in bluelm_export.json).
 
@@ -283,11 +209,15 @@ def export_model(
     verify: run the export and PyTorch on an image + prompt (`prompt`, `image`, default a synthetic picture) for
     `verify_tokens` greedy tokens (EOS suppressed on both sides; fewer than `MIN_VERIFY_TOKENS` fail) and raise
     `ExportVerificationError` beyond tolerance (the export is kept).
+    max_cache_len: ExecuTorch only: KV-cache positions of the `.pte` (prompt + generated; default the model's
+    `max_position_embeddings`).
     overwrite: replace the export already in `out_dir`: only the files it recorded (`written_files`) are removed, and
     a folder holding anything else is refused (`FileExistsError`). Destination failures (unwritable, read-only, full)
     raise `ExportDestinationError` with nothing half-written left behind.
     """
     _validate_request(format, quant, kv_cache)
+    if max_cache_len is not None and format != "executorch":
+        raise ValueError("max_cache_len is an ExecuTorch option (the KV cache inside model.pte); ONNX caches grow")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model, processor = load_for_export(model_dir)  # before touching out_dir: a bad model leaves it alone
     prepare_out_dir(out_dir, model_dir, overwrite)
@@ -298,7 +228,7 @@ def export_model(
         exported = _export_onnx(model, plan, kv_cache, dict(sample), processor, opset)
     else:
         plan = {"vision_encoder": None, "embed_tokens": None, "decoder": None}
-        exported = _export_executorch(model, quant)
+        exported = _export_executorch(model, processor, max_cache_len)
     return _finalize(
         exported, out_dir, model_dir, model, processor, format, quant, kv_cache, plan, verify, sample, verify_tokens
     )
@@ -382,7 +312,11 @@ def _finalize(
         "format": format,
         "quant": quant,
         "kv_cache": kv_cache,
-        "sizes": {name: entry["size_bytes"] for name, entry in manifest["components"].items()},
+        "sizes": (
+            {name: entry["size_bytes"] for name, entry in manifest["components"].items()}
+            if "runner" not in manifest
+            else {manifest["runner"]["program"]: manifest["total_size_bytes"]}
+        ),
         "total_size_bytes": manifest["total_size_bytes"],
     }
     if verify:
@@ -390,6 +324,17 @@ def _finalize(
             verification = verify_export(
                 out_dir, model, processor, quant=quant, kv_cache=kv_cache, sample=sample, tokens=verify_tokens
             )
+            if format == "executorch":  # and ExecuTorch's own MultimodalRunner on the same .pte
+                from .executorch import verify_runner
+
+                verification["multimodal_runner"] = verify_runner(out_dir, model, processor, sample, verify_tokens)
+                if not verification["multimodal_runner"]["passed"]:
+                    verification["passed"] = False
+                    raise ExportVerificationError(
+                        f"Export in {out_dir}: MultimodalRunner's greedy tokens differ from PyTorch's: "
+                        f"{verification['multimodal_runner']}. The export was kept; its report is in {MANIFEST_FILE}.",
+                        verification,
+                    )
         except ExportVerificationError as error:
             manifest["verification"] = error.report
             write_json(out_dir / MANIFEST_FILE, manifest)
@@ -407,9 +352,16 @@ def _build_manifest(model, processor, exported, out_dir: Path, format, quant, kv
     text = config.text_config
     num_layers, kv_heads, head_dim = kv_shape(model)
     gen = model.generation_config
-    tool_manifest = json.loads((out_dir / "export.json").read_text())
-    components = {}
-    total = 0
+    runner = None
+    if format == "executorch":  # one model.pte for MultimodalRunner, no transformers.exporters manifest
+        from .executorch import manifest_entries
+
+        components, runner = manifest_entries(model, exported.metadata, out_dir)
+        tool_manifest = {"components": {}}
+    else:
+        tool_manifest = json.loads((out_dir / "export.json").read_text())
+        components = {}
+    total = runner["size_bytes"] if runner is not None else 0
     for name, entry in tool_manifest["components"].items():
         files = [entry["file"]] + ([f"{entry['file']}.data"] if format == "onnx" else [])
         files = [f for f in files if (out_dir / f).exists()]
@@ -437,7 +389,7 @@ def _build_manifest(model, processor, exported, out_dir: Path, format, quant, kv
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
             pass
-    return {
+    manifest = {
         "format": format,
         "schema_version": 1,
         "producer": "bluelm_hf.export",
@@ -488,9 +440,18 @@ def _build_manifest(model, processor, exported, out_dir: Path, format, quant, kv
             "padding": "left" if kv_cache == "float32" and format == "onnx" else "batch size 1",
         },
         "processor_files": copied,
-        "transformers_exporters_manifest": "export.json",
+        "transformers_exporters_manifest": "export.json" if runner is None else None,
+        **({"runner": runner} if runner is not None else {}),
         "versions": versions,
     }
+    if runner is not None:  # model.pte keeps its KV cache inside and takes cache positions, not masks / past tensors
+        manifest["kv_cache"].update(layout=runner["kv_cache"], input_name=None, output_name=None)
+        manifest["inputs_contract"] = {
+            "cache_position": "past + arange(sequence_length)",
+            "image_inputs": runner["image_inputs"],
+            "padding": "batch size 1, no padding",
+        }
+    return manifest
 
 
 

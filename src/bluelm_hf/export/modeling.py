@@ -90,7 +90,12 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
 
             kwargs["session_options"] = ort.SessionOptions()
             kwargs["session_options"].intra_op_num_threads = int(num_threads)
-        exported = ExportedModel.from_pretrained(export_dir, device=device, local_files_only=True, **kwargs)
+        if manifest.get("runner", {}).get("layout") == "executorch-multimodal-runner":  # one model.pte
+            from .executorch import MultimodalProgram
+
+            exported = MultimodalProgram(export_dir, manifest)
+        else:
+            exported = ExportedModel.from_pretrained(export_dir, device=device, local_files_only=True, **kwargs)
         model = cls(exported.config, exported, manifest)
         if exported.generation_config is not None:
             model.generation_config = exported.generation_config
@@ -123,7 +128,11 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
         return [
             {
                 kind: torch.zeros(
-                    batch_size, kv_heads, 0, head_dim, dtype=self._past_dtypes[f"past_key_values.{i}.{kind}"]
+                    batch_size,
+                    kv_heads,
+                    0,
+                    head_dim,
+                    dtype=self._past_dtypes.get(f"past_key_values.{i}.{kind}", torch.float32),
                 )
                 for kind in ("key", "value")
             }
