@@ -4,6 +4,7 @@ The remote-code tests load the shipped nano folder itself (its code files are sy
 interpreter where `import bluelm_hf` fails, as a user without the package would.
 """
 
+import functools
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from bluelm_hf import NANO
@@ -150,6 +153,31 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@settings(max_examples=25, deadline=None)
+@given(placeholders=st.integers(0, 3), images=st.integers(0, 3), typed=st.integers(0, 2))
+def test_processor_refuses_placeholder_image_mismatch(placeholders, images, typed):
+    """`<image>` placeholders in the text and images passed must agree (the same check vLLM's plugin applies to
+    prompts without images, tests/test_vllm.py); a user-typed `<image>` in chat messages is text and never counts."""
+    from PIL import Image
+
+    processor = _nano_processor()
+    question = "<image> " * typed + "how many red cells?"
+    content = [{"type": "image"}] * placeholders + [{"type": "text", "text": question}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    pictures = [Image.new("RGB", (32, 32), "white")] * images or None
+    if placeholders == images:
+        out = processor(text=prompt, images=pictures)
+        assert out["input_ids"][0].count(processor.image_token_id) == images * processor.image_processor.get_tokens_per_tile()
+    else:
+        with pytest.raises(ValueError, match=f"Found total {placeholders} <image> tokens and {images} images"):
+            processor(text=prompt, images=pictures)
+
+
+@functools.cache
+def _nano_processor():
+    return AutoProcessor.from_pretrained(NANO)
 
 
 @pytest.mark.slow
