@@ -183,9 +183,11 @@ def _nano_processor():
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="transformers 5.24 `serve` loads `getattr(transformers, config.architectures[0])` and takes the modality "
-    "from transformers' own name tables, so no remote-code model can be served (AttributeError: module transformers "
-    "has no attribute BlueLMVForConditionalGeneration); strict, so this flags the day it works",
+    reason="transformers `serve` cannot load a remote-code model (checked up to 5.25.0): ModelManager._load_model "
+    "ends with `architecture = getattr(transformers, config.architectures[0])` (transformers/cli/serving/"
+    "model_manager.py, line 833 in 5.25.0), so `BlueLMVForConditionalGeneration` is an AttributeError, and "
+    "get_model_modality knows only transformers' own architecture names (line 773-780); strict, so this flags the "
+    "day it works",
 )
 def test_transformers_serve_over_http(tmp_path):
     openai = pytest.importorskip("openai")

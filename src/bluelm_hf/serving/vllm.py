@@ -85,6 +85,23 @@ class BlueLMReasoningParser(BaseThinkingReasoningParser):
     def end_token(self) -> str:
         return THINK_END_TOKEN
 
+    def extract_reasoning_streaming(self, previous_text, current_text, delta_text, previous_token_ids,
+                                    current_token_ids, delta_token_ids):
+        """The delta between `ThinkingStreamParser` on the text before and after this delta (the rule of
+        `parse_response`, also used by `ThinkingStreamer`). vLLM calls this until `</think>` ends the reasoning and
+        streams the rest as content itself; OpenAI deltas cannot be taken back, so a later stray `</think>` is where
+        streamed and non-streamed answers differ (the non-streamed one follows the last `</think>`)."""
+        from vllm.entrypoints.generate.base.protocol import DeltaMessage
+
+        from ..thinking import ThinkingStreamParser
+
+        parser = ThinkingStreamParser(eos_token=getattr(self.model_tokenizer, "eos_token", None))
+        parser.feed(previous_text)
+        chunks = parser.feed(delta_text)
+        reasoning = "".join(c.text for c in chunks if c.kind == "reasoning")
+        content = "".join(c.text for c in chunks if c.kind == "answer")
+        return DeltaMessage(reasoning=reasoning, content=content) if reasoning or content else None
+
     def extract_reasoning(self, model_output: str, request) -> tuple[str | None, str | None]:
         from ..thinking import parse_response
 
