@@ -418,39 +418,65 @@ class ThinkingStreamer(TextIteratorStreamer):
 
     Replaying the chunks gives `parse_response` of the completion: reasoning and answer stripped, the tags and the
     EOS dropped, the answer what follows the last `</think>` (an `answer_replace` chunk when a later `</think>`
-    turns the answer so far into reasoning). The text is decoded with special tokens kept, so that the parser sees
-    the tags (`skip_special_tokens` is ignored). The prompt (the first `put` from `generate`) sets the parser's
+    turns the answer so far into reasoning). `<think>` / `</think>` must be single tokens (ValueError otherwise): they
+    go to the parser as soon as they are generated, with the text held back before them; the text between them is
+    decoded as `TextIteratorStreamer` does (`skip_special_tokens=True` by default). The prompt (the first `put` from
+    `generate`) sets the parser's
     `prefix`: a prompt ending inside an open `<think>` starts in reasoning (its own reasoning is not repeated); with `skip_prompt=False` its text is
     emitted first, as kind "prompt". Batch size 1 only.
     """
 
     def __init__(self, tokenizer, skip_prompt: bool = True, timeout: float | None = None, **decode_kwargs):
-        decode_kwargs["skip_special_tokens"] = False
+        decode_kwargs.setdefault("skip_special_tokens", True)
         super().__init__(tokenizer, skip_prompt=False, timeout=timeout, **decode_kwargs)
-        _think_token_ids(tokenizer)  # ValueError when the tags are not single tokens
+        self.think_start_token_id, self.think_end_token_id = _think_token_ids(tokenizer)
+        self._tags = {self.think_start_token_id: THINK_START_TOKEN, self.think_end_token_id: THINK_END_TOKEN}
         self._emit_prompt = not skip_prompt
         self._parser = ThinkingStreamParser(tokenizer.eos_token)
 
     def put(self, value: torch.Tensor) -> None:
         if value.dim() > 1 and value.shape[0] > 1:
             raise ValueError(f"ThinkingStreamer supports batch size 1, got {value.shape[0]} rows")
+        ids = value.reshape(-1).tolist()
         if self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
-            prompt = self.tokenizer.decode(value.reshape(-1).tolist(), **self.decode_kwargs)
             # a prompt ending inside an open <think> (continuing a cut-off reasoning): the completion is reasoning
-            inside = prompt.rfind(THINK_START_TOKEN) > prompt.rfind(THINK_END_TOKEN)
+            tags = [i for i in ids if i in self._tags]
+            inside = bool(tags) and tags[-1] == self.think_start_token_id
             self._parser = ThinkingStreamParser(self.tokenizer.eos_token, prefix=THINK_START_TOKEN if inside else "")
             if self._emit_prompt:
+                prompt = self.tokenizer.decode(ids, **self.decode_kwargs)
                 self.text_queue.put(ThinkingChunk("prompt", prompt), timeout=self.timeout)
             return
-        super().put(value)
+        run = []
+        for token in ids:
+            if token in self._tags:  # the text so far, then the tag, to the parser (tags are never held back)
+                self._put_text_tokens(run)
+                run = []
+                self._flush()
+                self._send(self._parser.feed(self._tags[token]))
+            else:
+                run.append(token)
+        self._put_text_tokens(run)
 
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        chunks = self._parser.feed(text)
-        if stream_end:
-            chunks += self._parser.finish()
+    def _put_text_tokens(self, ids: list[int]) -> None:
+        if ids:
+            # TextStreamer.put decodes the cache and emits up to the last word boundary via on_finalized_text
+            super().put(torch.tensor(ids))
+
+    def _flush(self) -> None:
+        """Emits the text held back at a word boundary, so it reaches the parser before a tag."""
+        if self.token_cache:
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            self.on_finalized_text(text[self.print_len :])
+            self.token_cache, self.print_len = [], 0
+
+    def _send(self, chunks: list[ThinkingChunk]) -> None:
         for chunk in chunks:
             self.text_queue.put(chunk, timeout=self.timeout)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self._send(self._parser.feed(text) + (self._parser.finish() if stream_end else []))
         if stream_end:
             self.text_queue.put(self.stop_signal, timeout=self.timeout)
             self.next_tokens_are_prompt = True
