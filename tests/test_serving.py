@@ -4,6 +4,7 @@ The remote-code tests load the shipped nano folder itself (its code files are sy
 interpreter where `import bluelm_hf` fails, as a user without the package would.
 """
 
+import functools
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from bluelm_hf import NANO
@@ -152,12 +155,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@settings(max_examples=25, deadline=None)
+@given(placeholders=st.integers(0, 3), images=st.integers(0, 3), typed=st.integers(0, 2))
+def test_processor_refuses_placeholder_image_mismatch(placeholders, images, typed):
+    """`<image>` placeholders in the text and images passed must agree (the same check vLLM's plugin applies to
+    prompts without images, tests/test_vllm.py); a user-typed `<image>` in chat messages is text and never counts."""
+    from PIL import Image
+
+    processor = _nano_processor()
+    question = "<image> " * typed + "how many red cells?"
+    content = [{"type": "image"}] * placeholders + [{"type": "text", "text": question}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    pictures = [Image.new("RGB", (32, 32), "white")] * images or None
+    if placeholders == images:
+        out = processor(text=prompt, images=pictures)
+        assert out["input_ids"][0].count(processor.image_token_id) == images * processor.image_processor.get_tokens_per_tile()
+    else:
+        with pytest.raises(ValueError, match=f"Found total {placeholders} <image> tokens and {images} images"):
+            processor(text=prompt, images=pictures)
+
+
+@functools.cache
+def _nano_processor():
+    return AutoProcessor.from_pretrained(NANO)
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="transformers 5.24 `serve` loads `getattr(transformers, config.architectures[0])` and takes the modality "
-    "from transformers' own name tables, so no remote-code model can be served (AttributeError: module transformers "
-    "has no attribute BlueLMVForConditionalGeneration); strict, so this flags the day it works",
+    reason="transformers `serve` cannot load a remote-code model (checked up to 5.25.0): ModelManager._load_model "
+    "ends with `architecture = getattr(transformers, config.architectures[0])` (transformers/cli/serving/"
+    "model_manager.py, line 833 in 5.25.0), so `BlueLMVForConditionalGeneration` is an AttributeError, and "
+    "get_model_modality knows only transformers' own architecture names (line 773-780); strict, so this flags the "
+    "day it works",
 )
 def test_transformers_serve_over_http(tmp_path):
     openai = pytest.importorskip("openai")

@@ -29,6 +29,7 @@ from bluelm_hf.thinking import (
     ThinkingBudgetLogitsProcessor,
     ThinkingChunk,
     ThinkingStreamer,
+    ThinkingStreamParser,
     MAX_THINKING_BUDGET,
     build_thinking_budget_processor,
     parse_response,
@@ -574,7 +575,14 @@ def stream(streamer, prompt, pieces):
 
 
 def joined(chunks, kind):
-    return "".join(text for k, text in chunks if k == kind)
+    """The field `kind` after replaying the chunks: appends, and `*_replace` chunks that replace what came before."""
+    value = ""
+    for k, text in chunks:
+        if k == kind:
+            value += text
+        elif k == f"{kind}_replace":
+            value = text
+    return value
 
 
 @pytest.mark.parametrize("skip_special_tokens", [True, False])
@@ -591,9 +599,45 @@ def test_streamer_separates_reasoning(tokenizer, pieces, skip_special_tokens):
     chunks = stream(streamer, [HUMAN, 40, AI, BLUETHINK], pieces)
     assert all(isinstance(c, ThinkingChunk) and c.text for c in chunks)
     assert joined(chunks, "reasoning") == "w20 w21"
-    assert joined(chunks, "answer") == ("w30 w31" if skip_special_tokens else "w30 w31 </s>")
+    assert joined(chunks, "answer") == "w30 w31"  # the EOS is dropped, as parse_response drops it
     assert [c.kind for c in chunks] == sorted((c.kind for c in chunks), key=["reasoning", "answer"].index)
     assert not any(tag in c.text for c in chunks for tag in (THINK_START_TOKEN, THINK_END_TOKEN))
+
+
+def test_streamer_stray_think_end_replaces_the_answer(tokenizer):
+    """`<think>a</think>so 2</think>2`: the answer streamed before the second `</think>` is replaced, so the replayed
+    stream is parse_response's answer (what follows the last `</think>`), not the two joined."""
+    chunks = stream(ThinkingStreamer(tokenizer), [HUMAN, 40, AI, BLUETHINK], [[THINK], [20], [END], [30], [31], [END], [32], [EOS]])
+    text = tokenizer.decode([THINK, 20, END, 30, 31, END, 32, EOS], skip_special_tokens=False)
+    assert parse_response(text, eos_token=tokenizer.eos_token) == {"reasoning_content": "w20", "content": "w32"}
+    assert joined(chunks, "reasoning") == "w20" and joined(chunks, "answer") == "w32"
+    kinds = [k for k, _ in chunks]
+    assert "answer_replace" in kinds and "w30" in joined(chunks[: kinds.index("answer_replace")], "answer")
+
+
+PIECES = st.sampled_from(
+    [THINK_START_TOKEN, THINK_END_TOKEN, THINK_MODE_TOKEN, "</s>", "<pad>", " ", "\n", "a", "so", "2", "<", "/", ">"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(PIECES, max_size=14), data=st.data())
+def test_stream_parser_replays_to_parse_response(pieces, data):
+    """Any text of tags, EOS, padding, words and tag fragments, cut into any chunks: the replayed stream equals
+    parse_response of the whole text, and after every chunk it equals parse_response of the settled text so far."""
+    text = "".join(pieces)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    deltas = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+    parser, chunks = ThinkingStreamParser("</s>"), []
+    for delta in deltas:
+        chunks += parser.feed(delta)
+        so_far = parse_response(parser._settled(parser.text))
+        assert (joined(chunks, "reasoning"), joined(chunks, "answer")) == (so_far["reasoning_content"] or "", so_far["content"])
+    chunks += parser.finish()
+    expected = parse_response(text)
+    assert joined(chunks, "reasoning") == (expected["reasoning_content"] or "")
+    assert joined(chunks, "answer") == expected["content"]
+    assert all(c.text or c.kind.endswith("_replace") for c in chunks)
 
 
 def test_streamer_prompt_ending_inside_think(tokenizer):

@@ -94,7 +94,8 @@ def test_vllm_generate_matches_transformers(reference, nano_copy):
 
 def test_openai_server_returns_reasoning_separately(reference, nano_copy):
     """vLLM's OpenAI server, a base64 image: `reasoning` and `content` as `generate` + `parse_response` give them;
-    a corrupt image, a prompt over the context and a fractional budget get a clear 400 and the server stays up."""
+    a corrupt image, a prompt over the context, a fractional budget and `<image>` typed into the text (with no image,
+    or beside one) get a clear 400 and the server stays up."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(NANO)
@@ -108,4 +109,7 @@ def test_openai_server_returns_reasoning_separately(reference, nano_copy):
     assert out["corrupt_base64"]["status"] == 400 and "base64" in out["corrupt_base64"]["message"]
     assert out["too_long"]["status"] == 400 and "maximum context length is 1024" in out["too_long"]["message"]
     assert out["fractional_budget"]["status"] == 400 and "thinking_token_budget" in out["fractional_budget"]["message"]
+    for name, placeholders, images in (("placeholder_no_image", 1, 0), ("placeholder_extra", 2, 1)):
+        assert out[name]["status"] == 400, (name, out[name])
+        assert f"Found total {placeholders} <image> tokens and {images} images" in out[name]["message"], out[name]
     assert out["health_after_bad_input"] == 200

@@ -1,10 +1,12 @@
 """Runs inside the vLLM virtualenv (`.ci/vllm_env.sh`), driven by tests/test_vllm.py; prints one JSON line.
 
     python tests/vllm_checks.py generate N            transformers `generate` (the venv's transformers) on the nano
-    python tests/vllm_checks.py offline MODEL N       vLLM `LLM.generate`, loaded through the `bluelm` plugin
+    python tests/vllm_checks.py offline MODEL N [MODES_JSON MAX_NEW_TOKENS]
+                                                      vLLM `LLM.generate`, loaded through the `bluelm` plugin
     python tests/vllm_checks.py server MODEL PORT     vLLM's OpenAI server + the `openai` client, one image request
 
-Each mode answers the first N held-out nano questions greedily in three modes (MODES) and returns completion ids.
+Each mode answers the first N held-out nano questions greedily in three modes (MODES, or MODES_JSON: a JSON object
+`{name: [thinking, budget]}`) and returns completion ids. bench/bench_vllm_budget.py runs these at 500 questions.
 """
 
 import base64
@@ -33,7 +35,7 @@ def prompt(processor, sample, thinking):
     return processor.apply_chat_template([user_message(sample.question)], add_generation_prompt=True, enable_thinking=thinking)
 
 
-def generate(n):
+def generate(n, modes=MODES, max_new_tokens=MAX_NEW_TOKENS):
     """Greedy `generate` completions (ids, EOS included) per mode; also used in-process by the test as reference."""
     import torch
     import transformers
@@ -44,16 +46,16 @@ def generate(n):
     model, processor = load(NANO)
     out = {"transformers": transformers.__version__}
     with torch.inference_mode():
-        for mode, (thinking, budget) in MODES.items():
+        for mode, (thinking, budget) in modes.items():
             out[mode] = []
             for sample in questions(n):
                 batch = processor(text=[prompt(processor, sample, thinking)], images=[sample.render()], return_tensors="pt")
-                ids = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, thinking_budget=budget)
+                ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, thinking_budget=budget)
                 out[mode].append(ids[0, batch["input_ids"].shape[1] :].tolist())
     return out
 
 
-def offline(model, n):
+def offline(model, n, modes=MODES, max_new_tokens=MAX_NEW_TOKENS):
     import vllm
     from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
@@ -65,11 +67,11 @@ def offline(model, n):
     llm = LLM(model=model, max_model_len=1024, reasoning_parser="bluelm", enforce_eager=True, max_num_seqs=8)
     out = {"vllm": vllm.__version__, "startup_s": round(time.time() - start, 1)}
     samples = questions(n)
-    for mode, (thinking, budget) in MODES.items():
+    for mode, (thinking, budget) in modes.items():
         requests = [
             {"prompt": prompt(processor, s, thinking), "multi_modal_data": {"image": s.render()}} for s in samples
         ]
-        params = SamplingParams(temperature=0, max_tokens=MAX_NEW_TOKENS, thinking_token_budget=budget)
+        params = SamplingParams(temperature=0, max_tokens=max_new_tokens, thinking_token_budget=budget)
         out[mode] = [list(r.outputs[0].token_ids) for r in llm.generate(requests, params, use_tqdm=False)]
     return out
 
@@ -118,6 +120,9 @@ def server(model, port):
             "corrupt_base64": ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAnot-an-image"}}], {}),
             "too_long": ([messages[0]["content"][0], {"type": "text", "text": "red " * 3000}], {}),
             "fractional_budget": (messages[0]["content"], {"thinking_token_budget": 2.5}),
+            # `<image>` typed into the text: with no image (vLLM sends plain tokens), and beside one image
+            "placeholder_no_image": ([{"type": "text", "text": "<image> " + sample.question}], {}),
+            "placeholder_extra": ([messages[0]["content"][0], {"type": "text", "text": "<image> " + sample.question}], {}),
         }
         for name, (content, extra) in bad.items():
             try:
@@ -141,7 +146,8 @@ if __name__ == "__main__":
     if mode == "generate":
         result = generate(int(args[0]))
     elif mode == "offline":
-        result = offline(args[0], int(args[1]))
+        modes = {k: tuple(v) for k, v in json.loads(args[2]).items()} if len(args) > 2 else MODES
+        result = offline(args[0], int(args[1]), modes, int(args[3]) if len(args) > 3 else MAX_NEW_TOKENS)
     else:
         result = server(args[0], int(args[1]))
     print("RESULT " + json.dumps(result))

@@ -421,6 +421,10 @@ def build_demo(model_path: str | None = None, *, max_new_tokens: int = DEFAULT_M
                                           logits_processor=LogitsProcessorList([steps])):
                 if kind == "reasoning":
                     reasoning += text
+                elif kind == "reasoning_replace":
+                    reasoning = text
+                elif kind == "answer_replace":  # a later </think>: the answer so far was reasoning that went on
+                    answer = text
                 else:
                     if thought_seconds is None and text:
                         thought_seconds = time.monotonic() - started

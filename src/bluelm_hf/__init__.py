@@ -9,13 +9,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import transformers
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+# From its module: transformers 5.16 and 5.17 gate the top-level `transformers.AutoImageProcessor` on torchvision
+# (the module's text names the torchvision backend), though the class itself needs only PIL.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_bluelm_v import PRESETS, SPECIAL_TOKENS, BlueLMVConfig
 from .image_processing_bluelm_v import BlueLMVImageProcessor, select_best_grid

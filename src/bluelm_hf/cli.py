@@ -69,8 +69,12 @@ def cmd_chat(args) -> int:
         thinking_budget=args.budget,
         max_new_tokens=args.max_new_tokens,
     ):
+        if kind.endswith("_replace"):  # a later </think>: what was printed for this field was not it
+            kind = kind.removesuffix("_replace")
+            print(f"\n({kind} restarts: the model went on reasoning after </think>)", end="")
+            current = ""
         if kind != current:
-            print(("\n" if current else "") + ("reasoning: " if kind == "reasoning" else "answer: "), end="")
+            print(("\n" if current is not None else "") + f"{kind}: ", end="")
             current = kind
         print(text, end="", flush=True)
     print()

@@ -25,6 +25,27 @@ except ImportError:  # an older transformers (e.g. vLLM's) loading the remote co
 CHAT_TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
 
 
+def check_image_placeholders(num_placeholders: int, num_images: int) -> None:
+    """ValueError unless each image has its `<image>` placeholder: the one image/placeholder check, used by the
+    processor on every transformers version (older ones than 5.25 do not count placeholders; the wording is
+    transformers' own) and by the vLLM plugin on prompts without images."""
+    if num_placeholders != num_images:
+        raise ValueError(
+            f"The total number of {IMAGE_TOKEN} tokens in the prompts should be the same as the number of images "
+            f"passed. Found total {num_placeholders} {IMAGE_TOKEN} tokens and {num_images} images: each image needs "
+            f"exactly one {IMAGE_TOKEN} in the text (a {{'type': 'image'}} content part in chat messages writes it)."
+        )
+
+
+def _count_images(images) -> int:
+    """Images in a processor's `images` argument: one image, a flat list, or one (possibly empty) list per sample."""
+    if images is None:
+        return 0
+    if isinstance(images, (list, tuple)):
+        return sum(map(_count_images, images))
+    return images.shape[0] if getattr(images, "ndim", 3) == 4 else 1  # a 4-D array/tensor is a batch of images
+
+
 def default_chat_template() -> str:
     """The BlueLM chat template (chat_template.jinja), the one source of the prompt format."""
     return CHAT_TEMPLATE_FILE.read_text()
@@ -98,10 +119,19 @@ class BlueLMVProcessor(ProcessorMixin):
             isinstance(t, str) and (_CONTROL_TOKEN_START in t or _CONTROL_TOKEN_END in t) for t in texts
         ):
             kwargs.setdefault("sanitize_control_tokens", True)
+        if texts and all(isinstance(t, str) for t in texts):
+            check_image_placeholders(sum(map(self._count_placeholders, texts)), _count_images(images))
         outputs = super().__call__(images=images, text=text, **kwargs)
         if "input_ids" in outputs and not kwargs.get("truncation"):
             self._check_fits_context(outputs["input_ids"])
         return outputs
+
+    def _count_placeholders(self, text: str) -> int:
+        """`<image>` placeholders in `text`; a user-typed `<image>` marked as text by `apply_chat_template` is none."""
+        count = text.count(self.image_token)
+        if mark_control_tokens is not None:
+            count -= text.count(_CONTROL_TOKEN_START + self.image_token + _CONTROL_TOKEN_END)
+        return count
 
     def _check_fits_context(self, input_ids) -> None:
         context = self.tokenizer.model_max_length
@@ -178,4 +208,4 @@ class BlueLMVProcessor(ProcessorMixin):
         return ["image_grids", "num_patches"]
 
 
-__all__ = ["BlueLMVProcessor", "default_chat_template"]
+__all__ = ["BlueLMVProcessor", "check_image_placeholders", "default_chat_template"]

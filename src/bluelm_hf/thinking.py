@@ -8,7 +8,8 @@ In thinking mode the generation prompt ends with `[|AI|]:[|BlueThink|]` and the 
 - `validate_thinking_budget` checks a budget (ValueError naming a bad value).
 - `response_template` is the tokenizer's `response_template` (transformers' response parsing): the one rule that
   splits a completion into `reasoning_content` and `content`; `parse_response` applies it to decoded text.
-- `ThinkingStreamer` streams `ThinkingChunk("reasoning" | "answer", text)` from `generate`.
+- `ThinkingStreamParser` applies that rule to a stream of text deltas; `ThinkingStreamer` streams its
+  `ThinkingChunk`s from `generate`.
 
 This file is shipped next to checkpoints (remote code), so it imports only torch, transformers and the stdlib.
 """
@@ -349,12 +350,64 @@ def parse_response(text: str, eos_token: str | None = "</s>", prefix: str = "") 
 
 
 class ThinkingChunk(NamedTuple):
-    kind: str  # "reasoning" or "answer" ("prompt" with skip_prompt=False)
+    """One streaming event. `kind` "reasoning" / "answer": append `text` to that field; "reasoning_replace" /
+    "answer_replace": the field is now `text` (what was streamed for it so far was not that field: see
+    `ThinkingStreamParser`); "prompt": the prompt's text (`ThinkingStreamer(skip_prompt=False)`)."""
+
+    kind: str
     text: str
 
 
+class ThinkingStreamParser:
+    """`parse_response` for a stream: feed text deltas, get `ThinkingChunk`s; replaying them (append, or replace for
+    the `*_replace` kinds) gives `parse_response` of the text so far, for any chunking of it.
+
+    It does not repeat the rule: each `feed` parses the text so far with `parse_response` (holding back a tail that
+    could still become `<think>`, `</think>` or the EOS) and emits the difference from what it already emitted.
+    The difference is an append, except when the rule itself changes an earlier field: a `</think>` after the block
+    was closed makes the answer so far reasoning that went on (content is what follows the last `</think>`), so
+    `<think>a</think>so 2` then `</think>2` streams "so 2" as answer, then `answer_replace` "" and "2". Consumers
+    that can redraw (the Space) apply it; the CLI prints that the answer restarts. vLLM's OpenAI deltas cannot be
+    taken back (see `bluelm_hf.serving.vllm.BlueLMReasoningParser`).
+    """
+
+    def __init__(self, eos_token: str | None = "</s>", prefix: str = ""):
+        self.eos_token, self.prefix = eos_token, prefix
+        self.text = ""
+        self.emitted = {"reasoning": "", "answer": ""}
+        self._markers = [m for m in (THINK_START_TOKEN, THINK_END_TOKEN, THINK_MODE_TOKEN, eos_token) if m]
+
+    def feed(self, delta: str) -> list[ThinkingChunk]:
+        self.text += delta
+        return self._emit(self._settled(self.text))
+
+    def finish(self) -> list[ThinkingChunk]:
+        return self._emit(self.text)
+
+    def _settled(self, text: str) -> str:
+        """`text` without a tail that is the start of a marker (it may still become one)."""
+        for cut in range(min(len(text), max(map(len, self._markers)) - 1), 0, -1):
+            tail = text[-cut:]
+            if any(m.startswith(tail) and m != tail for m in self._markers):
+                return text[:-cut]
+        return text
+
+    def _emit(self, text: str) -> list[ThinkingChunk]:
+        parsed = parse_response(text, eos_token=self.eos_token, prefix=self.prefix)
+        chunks = []
+        for kind, value in (("reasoning", parsed["reasoning_content"] or ""), ("answer", parsed["content"])):
+            old = self.emitted[kind]
+            if value.startswith(old):
+                if len(value) > len(old):
+                    chunks.append(ThinkingChunk(kind, value[len(old) :]))
+            else:
+                chunks.append(ThinkingChunk(f"{kind}_replace", value))
+            self.emitted[kind] = value
+        return chunks
+
+
 class ThinkingStreamer(TextIteratorStreamer):
-    """A `TextIteratorStreamer` whose iterator yields `ThinkingChunk(kind, text)`, kind "reasoning" or "answer".
+    """A `TextIteratorStreamer` whose iterator yields `ThinkingChunk`s (see there), parsed by `ThinkingStreamParser`.
 
     ```python
     streamer = ThinkingStreamer(tokenizer)
@@ -363,29 +416,23 @@ class ThinkingStreamer(TextIteratorStreamer):
         ...
     ```
 
-    Reasoning and answer are told apart by token id, not by decoded text: `<think>` / `</think>` must be single
-    tokens (ValueError otherwise, as for the budget processor). So a tag can never be split across two chunks, a
-    chunk never mixes reasoning and answer (text held back at a word boundary is flushed at the tag), and
-    `skip_special_tokens` (default `True` here) changes nothing about the split; the tags themselves are never
-    emitted. Each segment is stripped of surrounding whitespace like `parse_response` does (leading whitespace is
-    dropped, trailing whitespace is held back until more text follows), so for one think block the joined chunks of
-    each kind equal `parse_response`'s fields.
-
-    The prompt (the first `put` from `generate`) sets the starting kind: "reasoning" if it ends inside an open
-    `<think>`, else "answer". With `skip_prompt=False` its text is emitted as kind "prompt". Batch size 1 only.
+    Replaying the chunks gives `parse_response` of the completion: reasoning and answer stripped, the tags and the
+    EOS dropped, the answer what follows the last `</think>` (an `answer_replace` chunk when a later `</think>`
+    turns the answer so far into reasoning). `<think>` / `</think>` must be single tokens (ValueError otherwise): they
+    go to the parser as soon as they are generated, with the text held back before them; the text between them is
+    decoded as `TextIteratorStreamer` does (`skip_special_tokens=True` by default). The prompt (the first `put` from
+    `generate`) sets the parser's
+    `prefix`: a prompt ending inside an open `<think>` starts in reasoning (its own reasoning is not repeated); with `skip_prompt=False` its text is
+    emitted first, as kind "prompt". Batch size 1 only.
     """
 
     def __init__(self, tokenizer, skip_prompt: bool = True, timeout: float | None = None, **decode_kwargs):
         decode_kwargs.setdefault("skip_special_tokens", True)
-        super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
+        super().__init__(tokenizer, skip_prompt=False, timeout=timeout, **decode_kwargs)
         self.think_start_token_id, self.think_end_token_id = _think_token_ids(tokenizer)
+        self._tags = {self.think_start_token_id: THINK_START_TOKEN, self.think_end_token_id: THINK_END_TOKEN}
         self._emit_prompt = not skip_prompt
-        self._reset_stream()
-
-    def _reset_stream(self) -> None:
-        self.kind = "answer"
-        self._segment_started = False
-        self._held_whitespace = ""
+        self._parser = ThinkingStreamParser(tokenizer.eos_token)
 
     def put(self, value: torch.Tensor) -> None:
         if value.dim() > 1 and value.shape[0] > 1:
@@ -393,24 +440,21 @@ class ThinkingStreamer(TextIteratorStreamer):
         ids = value.reshape(-1).tolist()
         if self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
-            tags = [i for i in ids if i in (self.think_start_token_id, self.think_end_token_id)]
-            self._reset_stream()
+            # a prompt ending inside an open <think> (continuing a cut-off reasoning): the completion is reasoning
+            tags = [i for i in ids if i in self._tags]
+            inside = bool(tags) and tags[-1] == self.think_start_token_id
+            self._parser = ThinkingStreamParser(self.tokenizer.eos_token, prefix=THINK_START_TOKEN if inside else "")
             if self._emit_prompt:
-                self.kind = "prompt"
-                self._put_text_tokens(ids)
-                self._end_segment()
-            self.kind = "reasoning" if tags and tags[-1] == self.think_start_token_id else "answer"
+                prompt = self.tokenizer.decode(ids, **self.decode_kwargs)
+                self.text_queue.put(ThinkingChunk("prompt", prompt), timeout=self.timeout)
             return
-
         run = []
         for token in ids:
-            if token in (self.think_start_token_id, self.think_end_token_id):
+            if token in self._tags:  # the text so far, then the tag, to the parser (tags are never held back)
                 self._put_text_tokens(run)
                 run = []
-                new_kind = "reasoning" if token == self.think_start_token_id else "answer"
-                if new_kind != self.kind:
-                    self._end_segment()
-                    self.kind = new_kind
+                self._flush()
+                self._send(self._parser.feed(self._tags[token]))
             else:
                 run.append(token)
         self._put_text_tokens(run)
@@ -420,38 +464,29 @@ class ThinkingStreamer(TextIteratorStreamer):
             # TextStreamer.put decodes the cache and emits up to the last word boundary via on_finalized_text
             super().put(torch.tensor(ids))
 
-    def _end_segment(self) -> None:
-        """Emits everything held back for the current segment (no word boundary wait), then starts a new one."""
+    def _flush(self) -> None:
+        """Emits the text held back at a word boundary, so it reaches the parser before a tag."""
         if self.token_cache:
             text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
             self.on_finalized_text(text[self.print_len :])
             self.token_cache, self.print_len = [], 0
-        self._segment_started = False
-        self._held_whitespace = ""
+
+    def _send(self, chunks: list[ThinkingChunk]) -> None:
+        for chunk in chunks:
+            self.text_queue.put(chunk, timeout=self.timeout)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if not self._segment_started:
-            text = text.lstrip()
-            self._segment_started = bool(text)
-        text = self._held_whitespace + text
-        kept = text.rstrip()
-        self._held_whitespace = text[len(kept) :]
-        if kept:
-            self.text_queue.put(ThinkingChunk(self.kind, kept), timeout=self.timeout)
+        self._send(self._parser.feed(text) + (self._parser.finish() if stream_end else []))
         if stream_end:
             self.text_queue.put(self.stop_signal, timeout=self.timeout)
-
-    def end(self) -> None:
-        self._end_segment()
-        self.next_tokens_are_prompt = True
-        self.on_finalized_text("", stream_end=True)
-        self._reset_stream()
+            self.next_tokens_are_prompt = True
 
 
 __all__ = [
     "DEFAULT_EARLY_STOP_MESSAGE",
     "ThinkingBudgetLogitsProcessor",
     "ThinkingChunk",
+    "ThinkingStreamParser",
     "ThinkingStreamer",
     "build_thinking_budget_processor",
     "parse_response",
