@@ -183,7 +183,8 @@ def _run_model(work: Path, args, variant: str) -> dict:
         processor = AutoProcessor.from_pretrained(work / variant)
     result = {"load_s": time.perf_counter() - start, "imported_rss_mib": imported}
     _generate_timed(model, processor, None, 2)  # warm-up: thread pools, allocator, lazy initialisation
-    for name, (width, height) in IMAGES.items():
+    for name in args.images.split(","):
+        width, height = IMAGES[name]
         tokens = args.tokens if name == "640x480" else 2
         measured = _generate_timed(model, processor, _image(width, height), tokens)
         result[name] = measured
@@ -219,6 +220,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tokens", type=int, default=32, help="decoded tokens per timed generation")
+    parser.add_argument("--images", default=",".join(IMAGES), help=f"for pytorch / mixed: subset of {list(IMAGES)}")
     parser.add_argument("--summary", action="store_true", help="print the table from results.jsonl")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
         if name not in STAGES:
             parser.error(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
         cmd = [sys.executable, __file__, "--work-dir", str(work), "--stage", name, "--threads", str(args.threads),
-               "--tokens", str(args.tokens)]
+               "--tokens", str(args.tokens), "--images", args.images]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         if subprocess.run(cmd, env=env).returncode:
             print(f"stage {name} failed", file=sys.stderr)
@@ -244,7 +246,62 @@ def main(argv=None) -> int:
 
 
 def summary(work: Path) -> str:
-    return (work / "results.jsonl").read_text()
+    """Markdown tables from results.jsonl (the latest line of each stage)."""
+    rows = {}
+    for line in (work / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["stage"]] = row
+    gib, mib, out = 2**30, 2**20, []
+    if "export" in rows or "quantize" in rows:
+        out += ["| step | time (s) | peak RSS (GiB) | vision (MB) | embedding (MB) | decoder (MB) | total (GB) | load |",
+                "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for stage, label in (("export", "export fp32 (low_memory)"), ("quantize", "quantize -> mixed, from disk")):
+            if stage in rows:
+                r = rows[stage]
+                sizes = r["sizes"]
+                out.append(
+                    f"| {label} | {r['seconds']:.0f} | {r['peak_rss_mib'] * mib / gib:.2f} | "
+                    f"{sizes['vision_encoder'] / 1e6:.0f} | {sizes['embed_tokens'] / 1e6:.0f} | "
+                    f"{sizes['decoder'] / 1e6:.0f} | {sum(sizes.values()) / 1e9:.3f} | {' '.join(r['uptime'])} |"
+                )
+    bandwidth = rows.get("bandwidth")
+    if bandwidth:
+        out.append(f"\nmemory bandwidth ({bandwidth['threads']} threads, 1 GiB buffers): read "
+                   f"{bandwidth['read_gb_s']:.1f} GB/s, copy {bandwidth['copy_gb_s']:.1f} GB/s")
+    weights = _decoder_weight_bytes(work)
+    out += ["", "| runtime | image | tiles | prompt tokens | TTFT (s) | decode (tok/s) | weights read / token (GB) | "
+            "bandwidth limit (tok/s) | peak RSS - bare (GiB) | load |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for variant, label in (("pytorch", "PyTorch bf16 eager"), ("mixed", "ORT mixed")):
+        for image in IMAGES:
+            r = rows.get(f"{variant}:{image}")
+            if r is None:
+                continue
+            decode = r.get("decode_tokens_per_s")
+            limit = bandwidth["read_gb_s"] * 1e9 / weights[variant] if bandwidth and variant in weights else None
+            out.append(
+                f"| {label} | {image} | {r['tiles']} | {r['prompt_tokens']} | {r['ttft_s']:.1f} | "
+                f"{f'{decode:.2f}' if decode and r['new_tokens'] > 2 else '-'} | "
+                f"{weights.get(variant, float('nan')) / 1e9:.2f} | {f'{limit:.2f}' if limit else '-'} | "
+                f"{(r['rss_mib'] - r['bare_rss_mib']) * mib / gib:.2f} | {' '.join(r['uptime'])} |"
+            )
+    return "\n".join(out)
+
+
+def _decoder_weight_bytes(work: Path) -> dict:
+    """Bytes of weights one decode step reads: every decoder weight (layers, final norm, lm_head); the embedding
+    lookup reads one row. PyTorch bf16: 2 bytes per LLM parameter; the export: its decoder's files."""
+    weights = {}
+    if (work / "mixed" / "bluelm_export.json").exists():
+        weights["mixed"] = _sizes(work / "mixed")["decoder"]
+    config_path = work / "checkpoint" / "config.json"
+    if config_path.exists():
+        text = json.loads(config_path.read_text())["text_config"]
+        hidden, inter, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
+        kv = text["num_key_value_heads"] * text["head_dim"]
+        q = text["num_attention_heads"] * text["head_dim"]
+        per_layer = hidden * (q + 2 * kv) + q * hidden + 3 * hidden * inter + 2 * hidden
+        weights["pytorch"] = 2 * (layers * per_layer + hidden + text["vocab_size"] * hidden)
+    return weights
 
 
 if __name__ == "__main__":
