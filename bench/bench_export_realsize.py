@@ -115,19 +115,6 @@ def stage_bandwidth(work: Path, args) -> dict:
     return {"read_gb_s": max(reads), "copy_gb_s": max(copies), "buffer_bytes": size}
 
 
-class _Clock:
-    """Streamer recording when the prompt and each new token arrive (as bench/bench_export.py)."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
 def _image(width: int, height: int):
     import numpy as np
     from PIL import Image
@@ -146,6 +133,8 @@ def _generate_timed(model, processor, image, tokens: int) -> dict:
     start = time.perf_counter()
     batch = processor(text=[text], images=[image] if image is not None else None, return_tensors="pt")
     preprocess = time.perf_counter() - start
+    from bench_export import _Clock  # the streamer bench/bench_export.py times with (this script's folder)
+
     clock = _Clock()
     with torch.inference_mode():
         start = time.perf_counter()
