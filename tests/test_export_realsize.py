@@ -142,3 +142,18 @@ def test_unverified_quantize_export_loads_no_weights(low_memory_export, tmp_path
 def test_low_memory_is_onnx_only(bf16_dir, tmp_path):
     with pytest.raises(ValueError, match="low_memory=True is implemented for format='onnx' only"):
         export_model(bf16_dir, tmp_path / "pte", format="executorch", low_memory=True)
+
+
+def test_cli_low_memory_flag_reaches_the_exporter(bf16_dir, tmp_path, capsys):
+    """`bluelm-hf export --low-memory` is the same request (here refused for ExecuTorch: exit 2, nothing written)."""
+    import argparse
+
+    from bluelm_hf.export import add_export_subcommand, export_main
+
+    parser = argparse.ArgumentParser(prog="bluelm-hf")
+    add_export_subcommand(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export", str(bf16_dir), str(tmp_path / "pte"), "--format", "executorch", "--low-memory"])
+    assert args.low_memory
+    assert export_main(args) == 2
+    assert "low_memory=True is implemented for format='onnx' only" in capsys.readouterr().out
+    assert not (tmp_path / "pte").exists()
