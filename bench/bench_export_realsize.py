@@ -275,7 +275,7 @@ def summary(work: Path) -> str:
             limit = bandwidth["read_gb_s"] * 1e9 / weights[variant] if bandwidth and variant in weights else None
             out.append(
                 f"| {label} | {image} | {r['tiles']} | {r['prompt_tokens']} | {r['ttft_s']:.1f} | "
-                f"{f'{decode:.2f}' if decode and r['new_tokens'] > 2 else '-'} | "
+                f"{f'{decode:.3g}' if decode and r['new_tokens'] > 2 else '-'} | "
                 f"{weights.get(variant, float('nan')) / 1e9:.2f} | {f'{limit:.2f}' if limit else '-'} | "
                 f"{(r['rss_mib'] - r['bare_rss_mib']) * mib / gib:.2f} | {' '.join(r['uptime'])} |"
             )
