@@ -246,7 +246,8 @@ def summary(work: Path) -> str:
         rows["bandwidth"] = max(bandwidths, key=lambda row: row["read_gb_s"])
     gib, mib, out = 2**30, 2**20, []
     if "export" in rows or "quantize" in rows:
-        out += ["| step | time (s) | peak RSS (GiB) | vision (MB) | embedding (MB) | decoder (MB) | total (GB) | load |",
+        out += ["| step | time (s) | peak RSS (GiB) | vision (MB) | embedding (MB) | decoder (MB) | total (GB) "
+                "| load |",
                 "|---|---:|---:|---:|---:|---:|---:|---|"]
         for stage, label in (("export", "export fp32 (low_memory)"), ("quantize", "quantize -> mixed, from disk")):
             if stage in rows:
@@ -260,12 +261,14 @@ def summary(work: Path) -> str:
     bandwidth = rows.get("bandwidth")
     if bandwidth:
         others = ", ".join(f"{b['read_gb_s']:.1f} at load {b['uptime'][0]}" for b in bandwidths if b is not bandwidth)
-        out.append(f"\nmemory bandwidth ({bandwidth['threads']} threads, 1 GiB buffers), best of {len(bandwidths)} runs: "
+        out.append(f"\nmemory bandwidth ({bandwidth['threads']} threads, 1 GiB buffers), "
+                   f"best of {len(bandwidths)} runs: "
                    f"read {bandwidth['read_gb_s']:.1f} GB/s, copy {bandwidth['copy_gb_s']:.1f} GB/s at load "
                    f"{bandwidth['uptime'][0]}" + (f" (other runs, read GB/s: {others})" if others else ""))
     weights = _decoder_weight_bytes(work)
     out += ["", "| runtime | image | tiles | prompt tokens | TTFT (s) | decode (tok/s) | weights read / token (GB) | "
-            "bandwidth limit (tok/s) | peak RSS - bare (GiB) | load |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "bandwidth limit (tok/s) | peak RSS - bare (GiB) | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for variant, label in (("pytorch", "PyTorch bf16 eager"), ("mixed", "ORT mixed")):
         for image in IMAGES:
             r = rows.get(f"{variant}:{image}")

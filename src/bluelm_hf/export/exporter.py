@@ -139,7 +139,8 @@ def _linear_weights_as_matmul_operands(module: torch.nn.Module):
 def _in_float32(module: torch.nn.Module):
     """`module`'s floating-point parameters and buffers in float32 for the trace (the graphs are float32), then back
     in their own dtype: with a bfloat16 model, only one component is in float32 at a time."""
-    tensors = [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point() and t.dtype != torch.float32]
+    tensors = [*module.parameters(), *module.buffers()]
+    tensors = [t for t in tensors if t.is_floating_point() and t.dtype != torch.float32]
     dtypes = {}
     try:
         for tensor in tensors:

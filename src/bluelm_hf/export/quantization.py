@@ -122,7 +122,11 @@ def matmul_nbits_in_place(program, bits: int, block_size: int, is_symmetric: boo
             graph.register_initializer(value)
             return value
 
-        inputs = [node.inputs[0], initializer(f"{weight.name}_Q{bits}", packed), initializer(f"{weight.name}_scales", scales)]
+        inputs = [
+            node.inputs[0],
+            initializer(f"{weight.name}_Q{bits}", packed),
+            initializer(f"{weight.name}_scales", scales),
+        ]
         if not is_symmetric:
             inputs.append(initializer(f"{weight.name}_zero_points", zero_points))
         attributes = {"K": rows, "N": cols, "bits": bits, "block_size": block_size}
