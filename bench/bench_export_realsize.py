@@ -62,6 +62,7 @@ def stage_checkpoint(work: Path, args) -> dict:
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(bluelm_hf.NANO)
     config = BlueLMVConfig.bluelm_2_5_3b(**add_bluelm_special_tokens(tokenizer))
+    tokenizer.model_max_length = config.text_config.max_position_embeddings  # the nano's is 1024: a 4x4 grid is 3.4K
     torch.manual_seed(SEED)
     torch.set_default_dtype(torch.bfloat16)  # built in bf16: 5.8 GB, never the 11.6 GB of float32
     model = BlueLMVForConditionalGeneration(config).eval()
