@@ -38,6 +38,11 @@ def add_export_subcommand(subparsers) -> Any:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the earlier export in OUT (only the files it wrote)"
     )
+    parser.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="ONNX: load in the checkpoint's dtype, one component in float32 at a time (docs/export.md, real size)",
+    )
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against PyTorch")
     parser.add_argument(
         "--verify-tokens",
@@ -67,6 +72,7 @@ def export_main(args) -> int:
             verify=args.verify,
             kv_cache=getattr(args, "kv_cache", "float32"),
             verify_tokens=getattr(args, "verify_tokens", MIN_VERIFY_TOKENS),
+            low_memory=getattr(args, "low_memory", False),
             **({"max_cache_len": args.max_cache_len} if getattr(args, "max_cache_len", None) else {}),
         )
     except ExportVerificationError as error:

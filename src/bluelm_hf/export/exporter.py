@@ -3,9 +3,11 @@ export with its processor files and `bluelm_export.json`, then verify it against
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import types
 from pathlib import Path
 
 import torch
@@ -55,8 +57,12 @@ def _validate_request(format: str, quant: str, kv_cache: str) -> None:
         raise ValueError("kv_cache='int8' is only implemented for format='onnx' (ONNX Runtime GroupQueryAttention)")
 
 
-def load_for_export(model_dir: str | os.PathLike):
-    """`(model, processor)` in float32 from a saved BlueLM directory, with clear errors for bad directories."""
+def load_for_export(model_dir: str | os.PathLike, dtype: torch.dtype | str = torch.float32, weights: bool = True):
+    """`(model, processor)` from a saved BlueLM directory, with clear errors for bad directories.
+
+    dtype: float32 (the exported graphs' dtype), or "auto" (the checkpoint's own, e.g. bfloat16: half the memory;
+    `export_model(low_memory=True)` then puts one component at a time in float32). weights=False: the model on the
+    meta device (its config and generation config, no memory), for exports that are not verified."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     import bluelm_hf  # noqa: F401  (registers bluelm_v with the Auto classes)
@@ -77,7 +83,15 @@ def load_for_export(model_dir: str | os.PathLike):
     if not any(any(model_dir.glob(pattern)) for pattern in WEIGHT_FILES):
         raise FileNotFoundError(f"{model_dir} has no weights (*.safetensors / *.bin)")
     try:
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+        if weights:
+            model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).eval()
+        else:
+            from transformers import GenerationConfig
+
+            with torch.device("meta"):
+                model = AutoModelForImageTextToText.from_config(config).eval()
+            if (model_dir / "generation_config.json").is_file():
+                model.generation_config = GenerationConfig.from_pretrained(model_dir)
     except Exception as error:
         raise ValueError(
             f"Could not load the model weights from {model_dir} (corrupt or incomplete?): {error}"
@@ -92,7 +106,71 @@ def load_for_export(model_dir: str | os.PathLike):
     return model, processor
 
 
-def _export_onnx(model, plan: dict, kv_cache: str, calibration: dict | None, processor, opset: int | None):
+@contextlib.contextmanager
+def _linear_weights_as_matmul_operands(module: torch.nn.Module):
+    """Trace every `nn.Linear` in `module` as `x @ W.T` with `W.T` stored as the parameter itself.
+
+    Traced as is, a Linear is `MatMul(x, Transpose(W))`, and the ONNX optimizer folds each `Transpose(W)` into a new
+    initializer: a second copy of every weight while the model's own is still alive (a 2-layer slice of the 2.5B
+    decoder: peak 3.6 GB for 1.65 GB of float32 weights). With the parameters transposed in place (one weight copied
+    at a time) the graph's MatMuls read the model's tensors directly. Restored on exit."""
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    transposed = {}  # id(parameter) -> parameter (a tied weight is transposed once)
+
+    def forward(self, x):
+        out = torch.matmul(x, self.weight)
+        return out + self.bias if self.bias is not None else out
+
+    try:
+        for linear in linears:
+            if id(linear.weight) not in transposed:
+                transposed[id(linear.weight)] = linear.weight
+                linear.weight.data = linear.weight.data.t().contiguous()
+            linear.forward = types.MethodType(forward, linear)
+        yield
+    finally:
+        for linear in linears:
+            linear.__dict__.pop("forward", None)
+        for parameter in transposed.values():
+            parameter.data = parameter.data.t().contiguous()
+
+
+@contextlib.contextmanager
+def _in_float32(module: torch.nn.Module):
+    """`module`'s floating-point parameters and buffers in float32 for the trace (the graphs are float32), then back
+    in their own dtype: with a bfloat16 model, only one component is in float32 at a time."""
+    tensors = [*module.parameters(), *module.buffers()]
+    tensors = [t for t in tensors if t.is_floating_point() and t.dtype != torch.float32]
+    dtypes = {}
+    try:
+        for tensor in tensors:
+            if id(tensor) not in dtypes:
+                dtypes[id(tensor)] = (tensor, tensor.dtype)
+                tensor.data = tensor.data.float()
+        yield
+    finally:
+        for tensor, dtype in dtypes.values():
+            tensor.data = tensor.data.to(dtype)
+
+
+def _detach_from_module(program) -> None:
+    """Point the graph's initializers at tensors of their own: on leaving `_linear_weights_as_matmul_operands` /
+    `_in_float32` the module's parameters are given new data (transposed back, cast back), which a graph holding the
+    parameters themselves would silently pick up."""
+    from onnx_ir.tensor_adapters import TorchTensor
+
+    for value in program.graph.initializers.values():
+        raw = getattr(value.const_value, "raw", None)
+        if isinstance(raw, torch.Tensor):
+            value.const_value = TorchTensor(raw.detach(), name=value.const_value.name)
+
+
+def _export_onnx(
+    model, plan: dict, kv_cache: str, calibration: dict | None, processor, opset: int | None, save_dir=None
+):
+    """The three graphs, quantized per `plan`. With `save_dir` (low-memory export) each graph is written there as soon
+    as it is traced and quantized, and held from then on as the saved file (its weights read from disk on demand), so
+    one component's float32 weights are in memory at a time."""
     from transformers.exporters import OnnxConfig, OnnxExporter
     from transformers.exporters.base import ExportedModel
 
@@ -101,6 +179,7 @@ def _export_onnx(model, plan: dict, kv_cache: str, calibration: dict | None, pro
     # The vision and embedding graphs in onnxruntime-genai's layout (docs/export.md, "onnxruntime-genai").
     samples = sample_inputs(model, batch=1 if static_batch else 2, per_image=True)
     shapes = dynamic_shapes(model, static_batch=static_batch, per_image=True)
+    scales = kv_scales(model, processor, calibration) if static_batch else None
     modules = {
         "vision_encoder": VisionEncoderForExport(model, per_image=True).eval(),
         "embed_tokens": EmbedTokensAndImagesForExport(model).eval(),
@@ -112,21 +191,31 @@ def _export_onnx(model, plan: dict, kv_cache: str, calibration: dict | None, pro
         # multi-token decoder over a cache for batch size 1 only.
         fusions = "cpu" if (name == "decoder" and static_batch) else None
         config = OnnxConfig(dynamic=True, dynamic_shapes=shapes[name], opset_version=opset, ort_fusions=fusions)
-        exported = exporter.export(module, samples[name], config)
-        components[name] = exported.components["model"]
-        graph_passes.rename_symbolic_dims(components[name].program, name)
-        graph_passes.strip_debug_metadata(components[name].program)
-    if static_batch:
-        num_fused = graph_passes.int8_kv_cache(components["decoder"].program, kv_scales(model, processor, calibration))
-        if num_fused != kv_shape(model)[0]:
-            raise RuntimeError(
-                f"kv_cache='int8': only {num_fused} of {kv_shape(model)[0]} attention layers were fused into "
-                "GroupQueryAttention, so the cache cannot be int8 throughout; export with kv_cache='float32'"
-            )
-    for name, quantizer in plan.items():
-        if quantizer is not None:
-            quantizer.validate_environment("onnx")
-            components[name].program = quantizer.quantize(components[name].program, samples[name], "onnx")
+        with _in_float32(module), _linear_weights_as_matmul_operands(module):
+            component = exporter.export(module, samples[name], config).components["model"]
+            program = component.program
+            graph_passes.rename_symbolic_dims(program, name)
+            graph_passes.strip_debug_metadata(program)
+            if name == "decoder" and static_batch:
+                num_fused = graph_passes.int8_kv_cache(program, scales)
+                if num_fused != kv_shape(model)[0]:
+                    raise RuntimeError(
+                        f"kv_cache='int8': only {num_fused} of {kv_shape(model)[0]} attention layers were fused "
+                        "into GroupQueryAttention, so the cache cannot be int8 throughout; export with "
+                        "kv_cache='float32'"
+                    )
+            if plan.get(name) is not None:
+                plan[name].validate_environment("onnx")
+                program = plan[name].quantize(program, samples[name], "onnx")
+            if save_dir is not None:
+                path = Path(save_dir) / f"{name}{exporter.program_suffix}"
+                exporter.save_program(program, path)
+                del program
+                component.program = exporter.load_program(path)
+            else:
+                _detach_from_module(program)
+                component.program = program
+        components[name] = component
     return ExportedModel(components, "onnx", config=model.config, generation_config=model.generation_config)
 
 
@@ -200,6 +289,7 @@ def export_model(
     int4_accuracy_level: int | None = 4,
     block_size: int = 32,
     opset: int | None = None,
+    low_memory: bool = False,
     max_cache_len: int | None = None,
 ) -> dict:
     """Export the BlueLM-V model saved in `model_dir` to `out_dir`; returns the report (also in bluelm_export.json).
@@ -214,24 +304,37 @@ def export_model(
     overwrite: replace the export already in `out_dir`: only the files it recorded (`written_files`) are removed, and
     a folder holding anything else is refused (`FileExistsError`). Destination failures (unwritable, read-only, full)
     raise `ExportDestinationError` with nothing half-written left behind.
+    low_memory (ONNX): load the model in its checkpoint dtype (bfloat16: 2 bytes per parameter), put one component
+    at a time in float32 to trace it, and write each graph to disk as soon as it is traced and quantized; peak memory
+    is about the checkpoint plus the largest component in float32 (docs/export.md, "Real size within a RAM budget").
+    Verification then loads the model in float32 (4 bytes per parameter) next to the export.
     """
     _validate_request(format, quant, kv_cache)
     if max_cache_len is not None and format != "executorch":
         raise ValueError("max_cache_len is an ExecuTorch option (the KV cache inside model.pte); ONNX caches grow")
+    if low_memory and format != "onnx":
+        raise ValueError("low_memory=True is implemented for format='onnx' only")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model, processor = load_for_export(model_dir)  # before touching out_dir: a bad model leaves it alone
+    # Before touching out_dir: a bad model leaves it alone.
+    model, processor = load_for_export(model_dir, dtype="auto" if low_memory else torch.float32)
     prepare_out_dir(out_dir, model_dir, overwrite)
 
     sample = verification_sample(model, processor, prompt, image)
-    if format == "onnx":
-        plan = quantization_plan(quant, int4_accuracy_level=int4_accuracy_level, block_size=block_size)
-        exported = _export_onnx(model, plan, kv_cache, dict(sample), processor, opset)
-    else:
+    if format == "executorch":
         plan = {"vision_encoder": None, "embed_tokens": None, "decoder": None}
         exported = _export_executorch(model, processor, max_cache_len)
-    return _finalize(
-        exported, out_dir, model_dir, model, processor, format, quant, kv_cache, plan, verify, sample, verify_tokens
-    )
+        return _finalize(
+            exported, out_dir, model_dir, model, processor, format, quant, kv_cache, plan, verify, sample, verify_tokens
+        )
+    plan = quantization_plan(quant, int4_accuracy_level=int4_accuracy_level, block_size=block_size)
+    with staging_dir(out_dir) if low_memory else contextlib.nullcontext() as staging:
+        exported = _export_onnx(model, plan, kv_cache, dict(sample), processor, opset, save_dir=staging)
+        if low_memory and verify:
+            model = model.float()  # the PyTorch reference; the export's graphs are on disk by now
+        return _finalize(
+            exported, out_dir, model_dir, model, processor, "onnx", quant, kv_cache, plan, verify, sample,
+            verify_tokens, staging=staging,
+        )
 
 
 def quantize_export(
@@ -267,7 +370,8 @@ def quantize_export(
             f"kv_cache={manifest['kv_cache']['dtype']!r}; quantize_export starts from a float32 ONNX export"
         )
     model_dir = Path(model_dir or manifest.get("source_model_dir") or "")
-    model, processor = load_for_export(model_dir)
+    # Unverified, the PyTorch model is only needed for its configs: no weights loaded.
+    model, processor = load_for_export(model_dir, weights=verify)
     if export_dir.resolve() == out_dir.resolve():
         raise ValueError("quantize_export writes a new directory; out_dir must differ from export_dir")
     prepare_out_dir(out_dir, model_dir, overwrite)
@@ -275,8 +379,8 @@ def quantize_export(
     plan = quantization_plan(quant, int4_accuracy_level=int4_accuracy_level, block_size=block_size)
     components = {}
     for name, entry in tool_manifest["components"].items():
+        # Weights stay in the float32 export's .data files, mapped one at a time as they are quantized or copied.
         program = onnx_ir.load(str(export_dir / entry["file"]))
-        onnx_ir.external_data.load_to_model(program)
         graph_passes.strip_debug_metadata(program)  # exports written before it was stripped at export time
         if plan.get(name) is not None:
             plan[name].validate_environment("onnx")
@@ -289,13 +393,40 @@ def quantize_export(
     )
 
 
+def _save_exported(exported, directory: Path, programs_saved: bool) -> None:
+    """`exported.save_pretrained(directory)`; when the programs are already there (written by a low-memory export),
+    only the rest of what it writes: `export.json` (the same manifest) and the configs, so no graph is copied."""
+    import dataclasses
+
+    from transformers.exporters.base import EXPORT_MANIFEST_FILE, EXPORT_SCHEMA_VERSION
+    from transformers.exporters import OnnxExporter
+
+    if not programs_saved:
+        exported.save_pretrained(directory)
+        return
+    entries = {
+        name: {
+            "file": f"{OnnxExporter.program_prefix}{name}{OnnxExporter.program_suffix}",
+            "metadata": dataclasses.asdict(component.metadata),
+        }
+        for name, component in exported.components.items()
+    }
+    manifest = {"schema_version": EXPORT_SCHEMA_VERSION, "export_format": "onnx", "components": entries}
+    (directory / EXPORT_MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    exported.config.save_pretrained(directory)
+    if exported.generation_config is not None:
+        exported.generation_config.save_pretrained(directory)
+
+
 def _finalize(
-    exported, out_dir, model_dir, model, processor, format, quant, kv_cache, plan, verify, sample, verify_tokens
+    exported, out_dir, model_dir, model, processor, format, quant, kv_cache, plan, verify, sample, verify_tokens,
+    staging=None,
 ) -> dict:
     """Save the programs and the processor files (staged, then moved into `out_dir`), write bluelm_export.json with
-    the list of files written, verify."""
-    with staging_dir(out_dir) as staging:
-        exported.save_pretrained(staging)
+    the list of files written, verify. `staging`: the staging folder the programs were already saved to."""
+    programs_saved = staging is not None
+    with contextlib.nullcontext(staging) if programs_saved else staging_dir(out_dir) as staging:
+        _save_exported(exported, staging, programs_saved)
         copied = _copy_processor_files(model_dir, staging)
         manifest = _build_manifest(model, processor, exported, staging, format, quant, kv_cache, plan, copied)
         manifest["source_model_dir"] = str(Path(model_dir).resolve())

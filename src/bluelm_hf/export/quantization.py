@@ -58,6 +58,15 @@ def _matmul_nbits_quantizer_class():
             import onnx_ir
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+            if "MatMul" in self.op_types:
+                matmul_nbits_in_place(model, self.bits, self.block_size, self.is_symmetric, self.accuracy_level)
+            others = tuple(op for op in self.op_types if op != "MatMul")
+            if not others:
+                return model
+            # The embedding table's Gather -> GatherBlockQuantized: ONNX Runtime's quantizer on the serialized
+            # graph (a copy of its weights in memory; one table, not the whole LLM). Weights still in a saved
+            # export's .data file are read in first: the serialized graph must carry them.
+            onnx_ir.external_data.load_to_model(model)
             proto = onnx_ir.to_proto(model)
             quantizer = MatMulNBitsQuantizer(
                 proto,
@@ -65,13 +74,81 @@ def _matmul_nbits_quantizer_class():
                 block_size=self.block_size,
                 is_symmetric=self.is_symmetric,
                 accuracy_level=self.accuracy_level,
-                op_types_to_quantize=self.op_types,
+                op_types_to_quantize=others,
                 quant_axes=(("MatMul", 0), ("Gather", 1)),
             )
             quantizer.process()
             return onnx_ir.from_proto(quantizer.model.model)
 
     return MatMulNBitsExportQuantizer
+
+
+def matmul_nbits_in_place(program, bits: int, block_size: int, is_symmetric: bool, accuracy_level: int | None) -> int:
+    """Replace every `MatMul` by a float32 2-D initializer with ONNX Runtime's block-wise `MatMulNBits`, in the
+    `onnx_ir` graph itself, one weight at a time; returns how many were replaced.
+
+    The same packing as `onnxruntime.quantization.MatMulNBitsQuantizer` (its C++ `quantize_matmul_{4,8}bits`, the
+    same initializer and node names), without its `ModelProto` round trip, which holds a second copy of every weight:
+    10 GB for the 2.5B decoder in float32. Here a weight is read (from memory, or mapped from the export's `.data`
+    file), quantized and dropped before the next one, so peak memory is the quantized graph plus one weight."""
+    import onnx_ir as ir
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    quantize_blocks = {4: quantize_matmul_4bits, 8: quantize_matmul_8bits}[bits]
+    graph = program.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = node.inputs[1]
+        tensor = weight.const_value if weight is not None and weight.is_initializer() else None
+        if tensor is None or len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
+            continue
+        rows, cols = (int(d) for d in tensor.shape)  # K, N
+        k_blocks = (rows + block_size - 1) // block_size
+        array = np.ascontiguousarray(tensor.numpy(), dtype=np.float32)
+        if k_blocks * block_size != rows:
+            array = np.pad(array, ((0, k_blocks * block_size - rows), (0, 0)))
+        per_byte = 8 // bits
+        packed = np.zeros((cols, k_blocks, (block_size + per_byte - 1) // per_byte), dtype=np.uint8)
+        zero_points = np.zeros((cols, (k_blocks + per_byte - 1) // per_byte), dtype=np.uint8)
+        scales = np.zeros((cols, k_blocks), dtype=np.float32)
+        quantize_blocks(packed, array, scales, zero_points, block_size, cols, rows, is_symmetric)
+        del array
+
+        def initializer(name, data):
+            value = ir.Value(name=name, const_value=ir.tensor(data, name=name))
+            value.dtype, value.shape = value.const_value.dtype, ir.Shape(data.shape)
+            graph.register_initializer(value)
+            return value
+
+        inputs = [
+            node.inputs[0],
+            initializer(f"{weight.name}_Q{bits}", packed),
+            initializer(f"{weight.name}_scales", scales),
+        ]
+        if not is_symmetric:
+            inputs.append(initializer(f"{weight.name}_zero_points", zero_points))
+        attributes = {"K": rows, "N": cols, "bits": bits, "block_size": block_size}
+        if accuracy_level:
+            attributes["accuracy_level"] = accuracy_level
+        replacement = ir.Node(
+            "com.microsoft",
+            "MatMulNBits",
+            inputs,
+            [ir.AttrInt64(key, value) for key, value in attributes.items()],
+            num_outputs=1,
+            name=f"{node.name}_Q{bits}" if node.name else None,
+        )
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [replacement], node.outputs, replacement.outputs)
+        if not weight.uses():
+            graph.initializers.pop(weight.name)
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.release()  # unmap the float32 weight
+        count += 1
+    if count:
+        program.opset_imports.setdefault("com.microsoft", 1)
+    return count
 
 
 def _chained_quantizer(*steps):
