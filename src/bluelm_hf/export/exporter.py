@@ -99,10 +99,10 @@ def _export_onnx(model, plan: dict, kv_cache: str, calibration: dict | None, pro
     exporter = OnnxExporter()
     static_batch = kv_cache == "int8"
     # The vision and embedding graphs in onnxruntime-genai's layout (docs/export.md, "onnxruntime-genai").
-    samples = sample_inputs(model, batch=1 if static_batch else 2, per_image=True)
-    shapes = dynamic_shapes(model, static_batch=static_batch, per_image=True)
+    samples = sample_inputs(model, batch=1 if static_batch else 2, flat_features=True)
+    shapes = dynamic_shapes(model, static_batch=static_batch, flat_features=True)
     modules = {
-        "vision_encoder": VisionEncoderForExport(model, per_image=True).eval(),
+        "vision_encoder": VisionEncoderForExport(model, flat_features=True).eval(),
         "embed_tokens": EmbedTokensAndImagesForExport(model).eval(),
         "decoder": DecoderForExport(model).eval(),
     }
