@@ -7,8 +7,9 @@ Exports MODEL_DIR to float32 ONNX (`WORK_DIR/fp32`, reused when there), then ans
 questions, each with its image, in thinking and non-thinking mode: PyTorch through `bluelm_hf.evaluation.evaluate_nano`
 (greedy, left-padded batches, as in bench_export_accuracy.py), and onnxruntime-genai one prompt at a time from the HF
 processor's output (`bluelm_hf.export.genai_inputs`), greedy with genai's defaults from genai_config.json, up to the
-same 64 new tokens. Reports per mode (a table, then one JSON line per mode): accuracy, the share of completions identical to PyTorch's, and for any that
-differ, whether they equal PyTorch's at batch size 1 (no padding), to separate padded-batch float noise from genai.
+same 64 new tokens. Reports per mode (a table, then one JSON line per mode): accuracy, the share of completions
+identical to PyTorch's, and for any that differ, whether they equal PyTorch's at batch size 1 (no padding), to
+separate padded-batch float noise from genai.
 """
 
 from __future__ import annotations

@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         results[mode] = json.loads(line)
     keep, release = results["keep"], results["release"]
     same = [a["tokens"] == b["tokens"] for a, b in zip(keep["runs"], release["runs"])]
-    print(f"export: {export_dir}, component bytes {sizes}; {args.tokens} new tokens per image, {args.threads} threads\n")
+    print(f"export: {export_dir}, component bytes {sizes}")
+    print(f"{args.tokens} new tokens per image, {args.threads} threads\n")
     print("| vision session | RSS after load (MiB) | RSS while decoding, image 1 / 2 (MiB) | peak RSS VmHWM (MiB) | "
           "time to first token, image 2 (ms) | vision open while decoding |")
     print("|---|---:|---:|---:|---:|---|")

@@ -78,12 +78,12 @@ def torch_model(model_dir):
     return load_for_export(model_dir)
 
 
-def _inputs(processor, question="How many red cells are there?", image=True, thinking=False, suffix=""):
+def _inputs(processor, question="How many red cells are there?", image=True, thinking=False, suffix="", image_seed=1):
     content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": question}]
     text = processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True, enable_thinking=thinking
     )
-    images = [random_image(2 * TILE + 10, TILE, seed=1)] if image else None
+    images = [random_image(2 * TILE + 10, TILE, seed=image_seed)] if image else None
     return processor(text=[text + suffix], images=images, return_tensors="pt")
 
 
@@ -664,7 +664,9 @@ def test_genai_inputs_refuses_what_genai_would_misread(torch_model):
     count = int((batch["input_ids"] == image_token).sum())
     with pytest.raises(ValueError, match=f"has {count} image tokens but no pixel_values"):
         genai_inputs({"input_ids": batch["input_ids"]}, image_token)
-    padded = {**batch, "attention_mask": torch.cat([torch.zeros(1, 1, dtype=torch.long), batch["attention_mask"][:, 1:]], 1)}
+    mask = batch["attention_mask"].clone()
+    mask[0, 0] = 0
+    padded = {**batch, "attention_mask": mask}
     with pytest.raises(ValueError, match="attention_mask has zeros"):
         genai_inputs(padded, image_token)
 
@@ -699,16 +701,22 @@ def test_release_vision_frees_the_vision_session_and_generates_the_same(fp32_exp
 
     watch = SeesNoVision()
     for seed in (1, 2):  # two images: the session is re-opened for the second
-        batch = processor(text=[processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}], add_generation_prompt=True)],
-                          images=[random_image(2 * TILE + 10, TILE, seed=seed)], return_tensors="pt")
+        batch = _inputs(processor, image_seed=seed)
+        kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
         with torch.no_grad():
-            want = exported.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-            got = lean.generate(**batch, max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                                stopping_criteria=StoppingCriteriaList([watch]))
+            want = exported.generate(**batch, **kwargs)
+            got = lean.generate(**batch, **kwargs, stopping_criteria=StoppingCriteriaList([watch]))
         assert got.tolist() == want.tolist()
         assert not lean.vision_encoder_loaded
     assert len(watch.loaded) == 16 and not any(watch.loaded)  # never open during a decoding step
     assert len(sessions) == 2 and [ref() for ref in sessions] == [None, None]  # each session really freed
+
+    import copy
+
+    executorch = copy.copy(exported.exported)
+    executorch.export_format = "executorch"  # its runner keeps the loaded program: nothing to free, so refused
+    with pytest.raises(ValueError, match="release_vision works on ONNX exports; this one is executorch"):
+        BlueLMVExportedForConditionalGeneration(exported.config, executorch, exported.manifest, release_vision=True)
 
 
 def test_cli_release_vision_on_an_export_and_refused_on_a_checkpoint(fp32_export, model_dir, capsys):

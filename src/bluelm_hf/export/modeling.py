@@ -17,6 +17,7 @@ does on the phone (the ViT and the LLM are never resident together while decodin
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -52,6 +53,15 @@ def read_manifest(export_dir: str | os.PathLike) -> dict:
     return manifest
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed with a session back to the OS (glibc keeps freed blocks for reuse, so the resident
+    set would not drop); a no-op off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
     """`BlueLMVForConditionalGeneration` over an export: its `generate` (transformers' plus `thinking_budget`), with a
     `forward` that runs the exported graphs instead of modules. `forward` and `generate` take the processor's output
@@ -81,6 +91,11 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
         components = manifest["components"]
         self._merge_in_graph = any(i["name"] == "image_features" for i in components["embed_tokens"]["inputs"])
         if release_vision:
+            if exported.export_format != "onnx":
+                raise ValueError(
+                    f"release_vision works on ONNX exports; this one is {exported.export_format}, whose runner keeps "
+                    "the loaded program, so closing its vision method would free nothing"
+                )
             self.release_vision_encoder()
 
     @classmethod
@@ -137,6 +152,7 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
         again from the export's file when the next image comes."""
         self.exported.runners.pop("vision_encoder", None)
         gc.collect()
+        _return_freed_memory()
 
     def _vision_runner(self):
         runners = self.exported.runners
