@@ -50,7 +50,7 @@ def cmd_chat(args) -> int:
     from . import nano_task
     from .inference import load, stream_chat, user_message
 
-    model, processor = load(args.model)
+    model, processor = load(args.model, release_vision=args.release_vision)
     image_path = args.image or nano_task.EXAMPLE_IMAGE_PATH
     image = processor.image_processor.fetch_images(str(image_path))  # clear errors for bad files
     question = DEFAULT_QUESTION if args.question is None else args.question
@@ -91,7 +91,7 @@ def cmd_eval(args) -> int:
     from .evaluation import evaluate_nano
     from .inference import load
 
-    model, processor = load(args.model)
+    model, processor = load(args.model, release_vision=args.release_vision)
     result = evaluate_nano(
         model, processor, n=args.n, thinking=args.think, thinking_budget=args.budget, batch_size=args.batch_size
     )
@@ -118,6 +118,11 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
         "--think", action=argparse.BooleanOptionalAction, default=True, help="thinking mode (default: on)"
     )
     parser.add_argument("--budget", type=int, default=None, help="thinking-token budget (default: unlimited)")
+    parser.add_argument(
+        "--release-vision",
+        action="store_true",
+        help="exports only: free the vision encoder after each image is encoded (less memory while decoding)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

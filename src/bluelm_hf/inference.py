@@ -40,12 +40,13 @@ def _check_checkpoint_dir(path: Path) -> None:
         )
 
 
-def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None):
+def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None, release_vision: bool = False):
     """Load `(model, processor)` from a path or Hub id; default: the bundled BlueLM-nano, offline.
 
     A directory written by `bluelm-hf export` loads as a `BlueLMVExportedForConditionalGeneration` (transformers'
     `generate` over ONNX Runtime or ExecuTorch), which `generate` / `evaluate_nano` / `bluelm-hf eval` / `chat`
-    drive the same way as the PyTorch model.
+    drive the same way as the PyTorch model. `release_vision` (exports only): free the vision encoder's session
+    after each image is encoded (docs/export.md, "ViT freed after encoding").
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -68,7 +69,13 @@ def load(model: str | Path | None = None, dtype: torch.dtype | str | None = None
         from .export import MANIFEST_FILE, BlueLMVExportedForConditionalGeneration
 
         if (path / MANIFEST_FILE).is_file():
-            return BlueLMVExportedForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+            exported = BlueLMVExportedForConditionalGeneration.from_pretrained(path, release_vision=release_vision)
+            return exported, AutoProcessor.from_pretrained(path)
+    if release_vision:
+        raise ValueError(
+            f"release_vision applies to exports (a directory written by `bluelm-hf export`); {path} is not one"
+        )
+    if isinstance(path, Path):
         if not path.is_dir():
             raise FileNotFoundError(f"Model directory {path} does not exist")
         if not (path / "config.json").is_file():

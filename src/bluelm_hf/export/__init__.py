@@ -10,13 +10,15 @@ it with transformers' `generate` over the `transformers.exporters` runners.
 
 The package, by job: `wrappers` (the traced modules), `quantization` (`quant` = none / int8 / int4 / mixed),
 `graph_passes` (ONNX graph fixes, the int8 KV cache), `exporter` (`export_model`, `quantize_export`), `destination`
-(the output folder, never a user's file lost), `verification`, `modeling` (the exported model), `cli`.
+(the output folder, never a user's file lost), `verification`, `modeling` (the exported model), `genai`
+(onnxruntime-genai's config and inputs), `cli`.
 See docs/export.md.
 """
 
 from .cli import add_export_subcommand, export_main
 from .destination import MANIFEST_FILE, ExportDestinationError
 from .exporter import FORMATS, KV_CACHE_DTYPES, SUPPORTED, export_model, load_for_export, quantize_export
+from .genai import genai_inputs
 from .modeling import BlueLMVExportedForConditionalGeneration, read_manifest
 from .quantization import QUANTS, quantization_plan
 from .verification import MIN_VERIFY_TOKENS, ExportVerificationError, verify_export
@@ -34,6 +36,7 @@ __all__ = [
     "add_export_subcommand",
     "export_main",
     "export_model",
+    "genai_inputs",
     "load_for_export",
     "quantization_plan",
     "quantize_export",

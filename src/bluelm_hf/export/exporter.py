@@ -177,11 +177,11 @@ def _export_onnx(
     exporter = OnnxExporter()
     static_batch = kv_cache == "int8"
     # The vision and embedding graphs in onnxruntime-genai's layout (docs/export.md, "onnxruntime-genai").
-    samples = sample_inputs(model, batch=1 if static_batch else 2, per_image=True)
-    shapes = dynamic_shapes(model, static_batch=static_batch, per_image=True)
+    samples = sample_inputs(model, batch=1 if static_batch else 2, flat_features=True)
+    shapes = dynamic_shapes(model, static_batch=static_batch, flat_features=True)
     scales = kv_scales(model, processor, calibration) if static_batch else None
     modules = {
-        "vision_encoder": VisionEncoderForExport(model, per_image=True).eval(),
+        "vision_encoder": VisionEncoderForExport(model, flat_features=True).eval(),
         "embed_tokens": EmbedTokensAndImagesForExport(model).eval(),
         "decoder": DecoderForExport(model).eval(),
     }

@@ -6,10 +6,10 @@ import numpy as np
 
 
 _DIM_NAMES = {
-    "vision_encoder": {"pixel_values": {0: "num_images", 1: "num_tiles"}},
+    "vision_encoder": {"pixel_values": {0: "num_tiles"}},
     "embed_tokens": {
         "input_ids": {0: "batch_size", 1: "sequence_length"},
-        "image_features": {0: "num_images", 1: "num_image_tokens"},
+        "image_features": {0: "num_image_tokens"},
     },
     "decoder": {
         "inputs_embeds": {0: "batch_size", 1: "sequence_length"},

@@ -10,10 +10,15 @@ three graphs, and transformers' own `generate` around them.
 Everything `generate` does (greedy / sampling, `min_new_tokens`, stopping criteria, streamers, the thinking budget)
 applies unchanged: the forward pass is the only part that runs the export. The KV cache is transformers'
 `DynamicCache`, holding the decoder's `present.*` outputs (int8 for an int8-KV export).
+
+`release_vision=True` frees the vision encoder's runtime session once an image is encoded, as the BlueLM-V-3B paper
+does on the phone (the ViT and the LLM are never resident together while decoding); the next image opens it again.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 from pathlib import Path
@@ -48,6 +53,15 @@ def read_manifest(export_dir: str | os.PathLike) -> dict:
     return manifest
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed with a session back to the OS (glibc keeps freed blocks for reuse, so the resident
+    set would not drop); a no-op off glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
     """`BlueLMVForConditionalGeneration` over an export: its `generate` (transformers' plus `thinking_budget`), with a
     `forward` that runs the exported graphs instead of modules. `forward` and `generate` take the processor's output
@@ -56,10 +70,14 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
 
     main_input_name = "input_ids"
 
-    def __init__(self, config, exported, manifest: dict):
+    def __init__(
+        self, config, exported, manifest: dict, release_vision: bool = False, runner_kwargs: dict | None = None
+    ):
         BlueLMVPreTrainedModel.__init__(self, config)  # not the PyTorch model's __init__: no modules, no weights
         self.exported = exported  # transformers.exporters.ExportedModel, its runners loaded
         self.manifest = manifest
+        self.release_vision = release_vision
+        self._runner_kwargs = dict(runner_kwargs or {})  # device, providers, session_options: to reopen the vision one
         decoder = manifest["components"]["decoder"]
         self.static_batch = decoder.get("static_batch_size")  # int8 KV / ExecuTorch decoders: batch 1
         self._past_dtypes = {
@@ -69,17 +87,33 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
         }
         kv = manifest["kv_cache"]
         self._kv_shape = (kv["num_layers"], kv["num_kv_heads"], kv["head_dim"])
-        # ONNX exports: the onnxruntime-genai layout (pixel_values per image, the image merge in the embedding graph)
+        # ONNX exports: the onnxruntime-genai layout (the image merge in the embedding graph)
         components = manifest["components"]
-        self._per_image = len(components["vision_encoder"]["inputs"][0]["shape"]) == 5
         self._merge_in_graph = any(i["name"] == "image_features" for i in components["embed_tokens"]["inputs"])
+        if release_vision:
+            if exported.export_format != "onnx":
+                raise ValueError(
+                    f"release_vision works on ONNX exports; this one is {exported.export_format}, whose runner keeps "
+                    "the loaded program, so closing its vision method would free nothing"
+                )
+            self.release_vision_encoder()
 
     @classmethod
-    def from_pretrained(cls, export_dir: str | os.PathLike, *, device=None, num_threads: int | None = None, **kwargs):
+    def from_pretrained(
+        cls,
+        export_dir: str | os.PathLike,
+        *,
+        device=None,
+        num_threads: int | None = None,
+        release_vision: bool = False,
+        **kwargs,
+    ):
         """Load an export written by `bluelm_hf.export.export_model` with `ExportedModel.from_pretrained`.
 
         num_threads: ONNX Runtime intra-op threads per session (ONNX Runtime otherwise sizes its pool from every core
-        of the machine). Other kwargs go to the backend's runner (`providers`, `session_options`)."""
+        of the machine). release_vision: free the vision encoder's session after each image is encoded (and until the
+        first one), re-opening it for the next image: less memory while decoding, one session load per image. Other
+        kwargs go to the backend's runner (`providers`, `session_options`)."""
         from transformers.exporters import ExportedModel
 
         import bluelm_hf  # noqa: F401  (registers bluelm_v with the Auto classes)
@@ -90,13 +124,16 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
 
             kwargs["session_options"] = ort.SessionOptions()
             kwargs["session_options"].intra_op_num_threads = int(num_threads)
+        runner_kwargs = {"device": device, **kwargs}
         if manifest.get("runner", {}).get("layout") == "executorch-multimodal-runner":  # one model.pte
             from .executorch import MultimodalProgram
 
+            if release_vision:
+                raise ValueError("release_vision applies to ONNX exports (separate vision session); model.pte is one program")
             exported = MultimodalProgram(export_dir, manifest)
         else:
             exported = ExportedModel.from_pretrained(export_dir, device=device, local_files_only=True, **kwargs)
-        model = cls(exported.config, exported, manifest)
+        model = cls(exported.config, exported, manifest, release_vision=release_vision, runner_kwargs=runner_kwargs)
         if exported.generation_config is not None:
             model.generation_config = exported.generation_config
         return model.eval()
@@ -112,14 +149,39 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
     def _run(self, name: str, **inputs):
         return self.exported.runners[name](**inputs)
 
+    @property
+    def vision_encoder_loaded(self) -> bool:
+        """Whether the vision encoder's session is open (False after `release_vision_encoder`)."""
+        return "vision_encoder" in self.exported.runners
+
+    def release_vision_encoder(self) -> None:
+        """Close the vision encoder's session (its weights and buffers go with it); `get_image_features` opens it
+        again from the export's file when the next image comes."""
+        self.exported.runners.pop("vision_encoder", None)
+        gc.collect()
+        _return_freed_memory()
+
+    def _vision_runner(self):
+        runners = self.exported.runners
+        if "vision_encoder" not in runners:
+            from transformers.exporters.auto import get_runner_class
+
+            component = self.exported.components["vision_encoder"]
+            runner_class = get_runner_class(self.exported.export_format)
+            runners["vision_encoder"] = runner_class.from_program(
+                component.program, component.metadata, **self._runner_kwargs
+            )
+        return runners["vision_encoder"]
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(num_tiles, 3, T, T) -> (num_tiles * tokens_per_tile, hidden), in chunks of `vision_batch_size` tiles."""
         chunk = self.config.vision_batch_size or len(pixel_values)
         tiles = [pixel_values[start : start + chunk].float() for start in range(0, len(pixel_values), chunk)]
-        features = [
-            self._run("vision_encoder", pixel_values=tile[None] if self._per_image else tile)["image_features"]
-            for tile in tiles
-        ]
+        runner = self._vision_runner()
+        features = [runner(pixel_values=tile)["image_features"] for tile in tiles]
+        del runner
+        if self.release_vision:
+            self.release_vision_encoder()
         hidden = self.config.text_config.hidden_size
         return torch.cat([feature.reshape(-1, hidden) for feature in features])
 
@@ -170,7 +232,7 @@ class BlueLMVExportedForConditionalGeneration(BlueLMVForConditionalGeneration):
         elif image_positions.any():
             raise ValueError(f"The text has {int(image_positions.sum())} image tokens but no pixel_values were given")
         if self._merge_in_graph:
-            embeds = self._run("embed_tokens", input_ids=input_ids.long(), image_features=features[None])
+            embeds = self._run("embed_tokens", input_ids=input_ids.long(), image_features=features)
             embeds = embeds["inputs_embeds"]
         else:
             embeds = self._run("embed_tokens", input_ids=input_ids.long())["inputs_embeds"]

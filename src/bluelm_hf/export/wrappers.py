@@ -1,6 +1,6 @@
 """The three graphs of a BlueLM export, as `nn.Module`s over the PyTorch model's own submodules.
 
-    vision_encoder   pixel_values (num_images, num_tiles, 3, T, T) -> image_features (num_images, num_image_tokens, hidden)
+    vision_encoder   pixel_values (num_tiles, 3, T, T)           -> image_features (num_image_tokens, hidden)
     embed_tokens     input_ids (batch, seq), image_features       -> inputs_embeds (batch, seq, hidden), images merged
     (ExecuTorch: pixel_values (num_tiles, 3, T, T) -> (num_tiles, tokens_per_tile, hidden); input_ids only)
     decoder          inputs_embeds, attention_mask, position_ids,
@@ -16,23 +16,24 @@ from torch import nn
 class VisionEncoderForExport(nn.Module):
     """pixel_values (num_tiles, 3, T, T) -> image_features (num_tiles, tokens_per_tile, hidden): ViT, downsampler, MLP.
 
-    With `per_image`, pixel_values (num_images, num_tiles, 3, T, T) -> (num_images, num_tiles * tokens_per_tile,
-    hidden): the layout onnxruntime-genai's vision pipeline needs (one pixel_values row per image, whose features it
-    hands to the embedding graph). The PyTorch model runs the same computation in chunks of `vision_batch_size`
-    tiles; the graph takes any number of tiles (the exported model chunks them the same way)."""
+    With `flat_features`, image_features is (num_tiles * tokens_per_tile, hidden), rows in `<image>` order: the layout
+    onnxruntime-genai needs. genai gives a vision output of rank 2 the shape (num_image_tokens, hidden), whatever the
+    number of images, and hands it to the embedding graph as is; rank 3 would be (pixel_values.shape[0],
+    num_image_tokens, hidden), which cannot hold AnyRes tiles, and genai feeds a text-only prompt's empty features
+    as rank 2 (docs/export.md). The PyTorch model runs the same computation in chunks of `vision_batch_size` tiles;
+    the graph takes any number of tiles (the exported model chunks them the same way)."""
 
-    def __init__(self, model, per_image: bool = False):
+    def __init__(self, model, flat_features: bool = False):
         super().__init__()
         self.vision_tower = model.model.vision_tower
         self.multi_modal_projector = model.model.multi_modal_projector
-        self.per_image = per_image
+        self.flat_features = flat_features
 
     def forward(self, pixel_values):
-        tiles = pixel_values.flatten(0, 1) if self.per_image else pixel_values
-        hidden = self.vision_tower(pixel_values=tiles, return_dict=True).last_hidden_state
+        hidden = self.vision_tower(pixel_values=pixel_values, return_dict=True).last_hidden_state
         features = self.multi_modal_projector(hidden)
-        if self.per_image:
-            features = features.reshape(pixel_values.shape[0], -1, features.shape[-1])
+        if self.flat_features:
+            features = features.reshape(-1, features.shape[-1])
         return {"image_features": features}
 
 
@@ -48,10 +49,10 @@ class EmbedTokensForExport(nn.Module):
 
 
 class EmbedTokensAndImagesForExport(EmbedTokensForExport):
-    """input_ids (batch, seq), image_features (..., hidden) -> inputs_embeds (batch, seq, hidden) with the image
-    features in the `<image>` positions, row-major (`masked_scatter` in `BlueLMVModel.forward`): the embedding graph
-    onnxruntime-genai expects. Written as a gather from [zeros; features] so that no features (a decode step, a
-    text-only prompt: image_features (1, 0, hidden)) is a valid input."""
+    """input_ids (batch, seq), image_features (num_image_tokens, hidden) -> inputs_embeds (batch, seq, hidden) with
+    the image features in the `<image>` positions, row-major (`masked_scatter` in `BlueLMVModel.forward`): the
+    embedding graph onnxruntime-genai expects. Written as a gather from [zeros; features] so that no features (a decode
+    step, a text-only prompt: image_features (0, hidden)) is a valid input."""
 
     def __init__(self, model):
         super().__init__(model)
@@ -60,7 +61,7 @@ class EmbedTokensAndImagesForExport(EmbedTokensForExport):
     def forward(self, input_ids, image_features):
         embeds = self.embed_tokens(input_ids)
         is_image = (input_ids == self.image_token_id).reshape(-1).long()
-        rows = torch.cat([embeds.new_zeros(1, embeds.shape[-1]), image_features.reshape(-1, embeds.shape[-1])])
+        rows = torch.cat([embeds.new_zeros(1, embeds.shape[-1]), image_features])
         merged = rows[torch.cumsum(is_image, 0) * is_image].reshape(embeds.shape)
         return {"inputs_embeds": torch.where((input_ids == self.image_token_id).unsqueeze(-1), merged, embeds)}
 
@@ -105,26 +106,25 @@ def kv_shape(model) -> tuple[int, int, int]:
 
 
 def sample_inputs(
-    model, batch: int = 2, seq: int = 3, past: int = 5, tiles: int = 3, per_image: bool = False
+    model, batch: int = 2, seq: int = 3, past: int = 5, tiles: int = 3, flat_features: bool = False
 ) -> dict[str, dict]:
     """Trace inputs with distinct sizes > 1 on every dynamic axis (torch.export specializes 0 / 1 and equal sizes).
-    `per_image`: the onnxruntime-genai layout (`VisionEncoderForExport(per_image=True)`,
+    `flat_features`: the onnxruntime-genai layout (`VisionEncoderForExport(flat_features=True)`,
     `EmbedTokensAndImagesForExport`)."""
     num_layers, kv_heads, head_dim = kv_shape(model)
     text = model.config.text_config
     tile = model.config.vision_config.image_size
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, text.vocab_size, (batch, seq + past), generator=generator)
-    if per_image:
-        # 12 image features (3 images x 4 tokens) merged into prompt rows of 14 tokens: 12 / batch per row.
-        features = torch.randn(3, 4, text.hidden_size, generator=generator)
+    vision = {"pixel_values": torch.randn(tiles, 3, tile, tile, generator=generator)}
+    if flat_features:
+        # 12 image features merged into prompt rows of 14 tokens: 12 / batch per row.
+        features = torch.randn(12, text.hidden_size, generator=generator)
         input_ids = torch.randint(0, text.vocab_size, (batch, 14), generator=generator)
         input_ids[input_ids == model.config.image_token_id] = 0
         input_ids[:, : 12 // batch] = model.config.image_token_id
-        vision = {"pixel_values": torch.randn(2, tiles, 3, tile, tile, generator=generator)}
         embed = {"input_ids": input_ids, "image_features": features}
     else:
-        vision = {"pixel_values": torch.randn(tiles, 3, tile, tile, generator=generator)}
         embed = {"input_ids": input_ids}
     return {
         "vision_encoder": vision,
@@ -144,16 +144,16 @@ def sample_inputs(
     }
 
 
-def dynamic_shapes(model, static_batch: bool = False, per_image: bool = False) -> dict[str, dict]:
+def dynamic_shapes(model, static_batch: bool = False, flat_features: bool = False) -> dict[str, dict]:
     """Dynamic axes as `Dim.AUTO`: explicit `Dim`s cannot say `attention_mask.shape[1] == past + seq`."""
     auto = torch.export.Dim.AUTO
     num_layers = kv_shape(model)[0]
     batch = {} if static_batch else {0: auto}
     embed = {"input_ids": {0: auto, 1: auto}}
-    if per_image:
-        embed["image_features"] = {0: auto, 1: auto}
+    if flat_features:
+        embed["image_features"] = {0: auto}
     return {
-        "vision_encoder": {"pixel_values": {0: auto, 1: auto} if per_image else {0: auto}},
+        "vision_encoder": {"pixel_values": {0: auto}},
         "embed_tokens": embed,
         "decoder": {
             "inputs_embeds": {**batch, 1: auto},
