@@ -118,7 +118,7 @@ def test_model_rejects_features_placeholder_mismatch(tiny_model, tiny_processor)
 
 
 def test_forgotten_image_is_a_processor_error(tiny_processor):
-    with pytest.raises(ValueError, match=r"Found 1 <image> tokens in the text but no images were passed"):
+    with pytest.raises(ValueError, match=r"Found total 1 <image> tokens and 0 images"):
         tiny_processor(text=["[|Human|]:<image>How many red cells?[|AI|]:"], return_tensors="pt")
 
 
