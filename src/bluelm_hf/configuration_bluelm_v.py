@@ -206,12 +206,9 @@ class BlueLMVConfig(PreTrainedConfig):
         """
         text = dict(
             BLUELM_3B_DECODER,
-            intermediate_size=6912,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            max_position_embeddings=4096,
-            tie_word_embeddings=False,
-        )
+            num_attention_heads=32, num_key_value_heads=32,  # MHA
+            intermediate_size=6912, max_position_embeddings=4096, tie_word_embeddings=False,
+        )  # fmt: skip
         return cls._preset(
             kwargs,
             vision_config=dict(SIGLIP_SO400M_384),
@@ -231,24 +228,13 @@ class BlueLMVConfig(PreTrainedConfig):
         """
         vision = dict(
             SIGLIP_SO400M_384,
-            hidden_size=96,
-            intermediate_size=192,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            patch_size=28,
-            image_size=112,
-        )
+            hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+            patch_size=28, image_size=112,
+        )  # fmt: skip
         text = dict(
-            model_type="llama",
-            vocab_size=vocab_size,
-            hidden_size=192,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            tie_word_embeddings=True,
-        )
+            model_type="llama", vocab_size=vocab_size, max_position_embeddings=1024, tie_word_embeddings=True,
+            hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        )  # fmt: skip
         return cls._preset(
             kwargs, vision_config=vision, text_config=text, max_grid_size=4, max_image_side=448, vision_batch_size=64
         )

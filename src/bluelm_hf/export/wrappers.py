@@ -86,12 +86,7 @@ class DecoderForExport(nn.Module):
 
         cache = DynamicCache([(layer["key"], layer["value"]) for layer in past_key_values], config=self.text_config)
         outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            return_dict=True,
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache
         )
         logits = self.lm_head(outputs.last_hidden_state)
         present = [{"key": layer.keys, "value": layer.values} for layer in outputs.cache.layers]
