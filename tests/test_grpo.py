@@ -63,9 +63,18 @@ def test_grpo_step_with_thinking_budget_in_generation_kwargs(tmp_path, budget):
 def test_grpo_recipe_under_fsdp2_on_two_cpu_processes(tmp_path):
     """recipes/grpo.py through `accelerate launch --config_file recipes/accelerate/fsdp2.yaml` on 2 CPU processes:
     the recipe's `enable_fsdp_on_cpu` keeps FSDP2 (accelerate would fall back to DDP), rollouts run on the sharded
-    policy, and the final folder is a whole model that loads as remote code."""
+    policy (its step-2 checkpoint holds each weight split across the two ranks' files), and the final folder is a
+    whole model that loads as remote code."""
     from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
-    from test_distributed import DDP_MARK, ROOT, assert_loads_as_remote_code, assert_one_group_of_two, free_port, run
+    from test_distributed import (
+        DDP_MARK,
+        ROOT,
+        assert_loads_as_remote_code,
+        assert_one_group_of_two,
+        assert_split_across_two_ranks,
+        free_port,
+        run,
+    )
 
     make_sft_dataset(8, seed=1, think_ratio=1.0).save_to_disk(str(tmp_path / "data"))
     out = tmp_path / "grpo"
@@ -75,11 +84,14 @@ def test_grpo_recipe_under_fsdp2_on_two_cpu_processes(tmp_path):
         str(ROOT / "recipes/grpo.py"), "--config", str(ROOT / "recipes/nano/grpo.yaml"),
         "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(tmp_path / "data"), "--output_dir", str(out),
         "--max_steps", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
-        "--max_completion_length", "8", "--logging_steps", "1",
+        "--max_completion_length", "8", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "2",
     ])  # fmt: skip
     assert_one_group_of_two(log)
     assert DDP_MARK not in log, "FSDP was dropped for DDP"
     assert "GRPO wall time" in log and "2 process(es)" in log and "'rewards/accuracy_reward/mean'" in log
+    shards = out / "checkpoint-2" / "pytorch_model_fsdp_0"
+    assert shards.is_dir(), f"no sharded FSDP checkpoint: {sorted(p.name for p in (out / 'checkpoint-2').iterdir())}"
+    assert assert_split_across_two_ranks(shards) >= 70
     from safetensors.torch import load_file
 
     assert_loads_as_remote_code(out, load_file(out / "model.safetensors"))

@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -491,7 +492,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 
 @pytest.mark.slow
-def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
+def test_browser_chat_thinking_and_budget(server, tmp_path, processor, app, monkeypatch):
     sync_playwright, chromium = _browser()
     from playwright.sync_api import expect
 
@@ -625,6 +626,30 @@ def test_browser_chat_thinking_and_budget(server, tmp_path, processor):
             send("How many cells?", nano_task.EXAMPLE_IMAGE_PATH)
             expect_answer(0, PLAIN_ANSWER)
             expect(replies).to_have_count(1)  # a late update of the cleared chat would bring its turns back
+
+            # 8. Clear during a reply that is still generating (each streamed piece 1.5 s apart) empties the chat at
+            # once and cancels the reply: the generation stops and none of its updates comes after. (A Clear that
+            # waited in the queue for the reply fails the first check; one that did not cancel it, the later ones.)
+            pieces = []
+
+            def slowed_stream_chat(*args, **kwargs):
+                for piece in stream_chat(*args, **kwargs):
+                    time.sleep(1.5)
+                    pieces.append(piece)
+                    yield piece
+
+            stream_chat = app.stream_chat
+            monkeypatch.setattr(app, "stream_chat", slowed_stream_chat)
+            page.locator("#thinking input").check()
+            page.locator("#unlimited input").check()  # the whole 7-token reasoning, 10+ s of pieces
+            send(QUESTION)
+            expect(thoughts).to_have_count(1)  # the reasoning is streaming
+            page.locator("#clear").click()
+            expect(replies).to_have_count(0, timeout=5_000)
+            streamed = len(pieces)
+            page.wait_for_timeout(3_500)  # two more pieces' time
+            expect(replies).to_have_count(0, timeout=1_000)
+            assert len(pieces) <= streamed + 1, f"the reply kept generating after Clear: {pieces}"
         finally:
             context.close()
 

@@ -1,6 +1,7 @@
 """Runs inside the vLLM virtualenv (`.ci/vllm_env.sh`), driven by tests/test_vllm.py; prints one JSON line.
 
-    python tests/vllm_checks.py generate N            transformers `generate` (the venv's transformers) on the nano
+    python tests/vllm_checks.py generate N            transformers `generate` (the venv's transformers) on the nano,
+                                                      and what its processor says to <image>/image count mismatches
     python tests/vllm_checks.py offline MODEL N [MODES_JSON MAX_NEW_TOKENS]
                                                       vLLM `LLM.generate`, loaded through the `bluelm` plugin
     python tests/vllm_checks.py server MODEL PORT     vLLM's OpenAI server + the `openai` client, one image request
@@ -52,6 +53,29 @@ def generate(n, modes=MODES, max_new_tokens=MAX_NEW_TOKENS):
                 batch = processor(text=[prompt(processor, sample, thinking)], images=[sample.render()], return_tensors="pt")
                 ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, thinking_budget=budget)
                 out[mode].append(ids[0, batch["input_ids"].shape[1] :].tolist())
+    return out
+
+
+PLACEHOLDER_MISMATCHES = ((2, 1), (1, 0), (0, 1), (1, 2))  # (<image> placeholders in the text, images given)
+
+
+def placeholder_mismatches():
+    """The processor on N `<image>` placeholders with M != N images: {"N,M": the error, or "accepted"}. Older
+    transformers (< 5.25) do not count them, so this is `check_image_placeholders` in the processor on its own."""
+    from transformers import AutoProcessor
+
+    from bluelm_hf import NANO
+
+    processor = AutoProcessor.from_pretrained(NANO)
+    image = questions(1)[0].render()
+    out = {}
+    for placeholders, images in PLACEHOLDER_MISMATCHES:
+        text = "<image> " * placeholders + "How many cells?"
+        try:
+            processor(text=[text], images=[image] * images or None, return_tensors="pt")
+            out[f"{placeholders},{images}"] = "accepted"
+        except Exception as error:  # the refusal expected is a ValueError; anything else is reported as it is
+            out[f"{placeholders},{images}"] = f"{type(error).__name__}: {error}"
     return out
 
 
@@ -144,7 +168,7 @@ def server(model, port):
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "generate":
-        result = generate(int(args[0]))
+        result = {**generate(int(args[0])), "placeholder_mismatches": placeholder_mismatches()}
     elif mode == "offline":
         modes = {k: tuple(v) for k, v in json.loads(args[2]).items()} if len(args) > 2 else MODES
         result = offline(args[0], int(args[1]), modes, int(args[3]) if len(args) > 3 else MAX_NEW_TOKENS)
