@@ -1,20 +1,18 @@
-"""Distillation at nano scale: a half-size student distilled from the shipped BlueLM-nano (recipes/distill.py, TRL's
-DistillationTrainer) against the same student trained by plain SFT (recipes/sft.py) for the same steps, on the same
-data, with the same seed; held-out accuracy, thinking and non-thinking, with `bluelm-hf eval`.
+"""Distillation at nano scale: a half-size student distilled from the shipped BlueLM-nano (recipes/distill.py,
+off-policy: TRL's DistillationTrainer with `lmbda 0`, forward KL) against the same student trained by plain SFT
+(recipes/sft.py) from the same random init, on the same rows, with the same schedule and seed; held-out accuracy,
+thinking and non-thinking, with `bluelm-hf eval`, at several points of training.
 
-    python bench/bench_distill.py [--warmup-steps 1500] [--steps 200] [--eval-n 500] [--work-dir runs/bench-distill]
+    python bench/bench_distill.py [--steps 2000] [--eval-at 500,1000,2000] [--eval-n 500] [--work-dir runs/bench-distill]
 
 1. `recipes/nano/prepare.py` writes the nano's SFT rows (data seed 0, half of them thinking rows).
 2. The student: `BlueLMVConfig.nano`'s shape with the LLM at half width and depth (hidden 96, MLP 256, 2 layers,
    2 heads; the ViT unchanged: the paper distils the LLM), random init with `--init-seed`, the nano's tokenizer.
-3. A shared SFT warm-up of `--warmup-steps` (recipes/nano/sft.yaml at `--warmup-lr`, cosine to 0): on-policy distillation needs a
-   student that already writes `<think>...</think>answer`.
-4. From the warm-up, for `--steps` steps each, seed 2, constant LR 3e-4, batch 16: plain SFT (recipes/nano/sft.yaml)
-   and distillation from the nano (recipes/nano/distill.yaml, thinking-mode rollouts).
-5. `bluelm-hf eval --n N --think/--no-think` on the warm-up, both arms and the teacher.
+3. Both arms from that init for `--steps` steps, batch 16, LR `--lr` cosine with 100 warm-up steps, seed 1, saving
+   at each `--eval-at` step: plain SFT (recipes/nano/sft.yaml) and distillation (recipes/nano/distill.yaml).
+4. `bluelm-hf eval --n N --think/--no-think` on each saved step of both arms, and on the teacher.
 
-Every step runs in a subprocess (`--jobs` at once for the arms and the evals; wall times then share the CPU); a
-finished warm-up in the work dir is reused. Prints each result and a JSON summary at the end.
+Every run is a subprocess, one at a time, with the recipes' 2 torch threads. Prints each result and a JSON summary.
 """
 
 from __future__ import annotations
@@ -32,20 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 WALL = re.compile(r"(Training|Distillation) wall time: .*")
 
 
-def run(cmds: list[list[str]], jobs: int = 1) -> list[str]:
-    """Runs `cmds` in subprocesses, `jobs` at a time; returns their outputs (stdout + stderr), in order."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def run(cmd: list[str]) -> str:
+    """Runs `cmd` from the repository root; returns its output (stdout + stderr), or exits with its tail."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-    def one(cmd):
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-        if result.returncode:
-            sys.exit(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
-        return result.stdout + result.stderr
-
-    with ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(one, cmds))
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if result.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    return result.stdout + result.stderr
 
 
 def build_student(out: Path, seed: int) -> Path:
@@ -68,69 +59,70 @@ def build_student(out: Path, seed: int) -> Path:
     return out
 
 
-def eval_command(model: str, n: int, think: bool) -> list[str]:
+def evaluate(model: str, n: int, think: bool) -> dict:
     flag = "--think" if think else "--no-think"
-    return [sys.executable, "-m", "bluelm_hf.cli", "eval", "--model", model, "--n", str(n), flag, "--json"]
+    out = run([sys.executable, "-m", "bluelm_hf.cli", "eval", "--model", model, "--n", str(n), flag, "--json"])
+    result = json.loads(next(line for line in out.splitlines() if line.startswith('{"accuracy"')))
+    return {k: result[k] for k in ("accuracy", "n", "mean_thinking_tokens", "well_formed")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--warmup-steps", type=int, default=1500)
-    parser.add_argument("--warmup-lr", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--eval-at", default="500,1000,2000", help="steps whose checkpoints are evaluated")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-n", type=int, default=500)
     parser.add_argument("--init-seed", type=int, default=0)
-    parser.add_argument("--rows", type=int, default=48_000, help="SFT rows written (>= 16 x all steps)")
+    parser.add_argument("--rows", type=int, default=32_000, help="SFT rows written (16 x steps: one epoch)")
+    parser.add_argument("--arms", default="sft,distill")
     parser.add_argument("--work-dir", default="runs/bench-distill")
-    parser.add_argument("--jobs", type=int, default=1, help="subprocesses at once for the two arms and the evals")
     args = parser.parse_args()
+    eval_at = sorted({int(s) for s in args.eval_at.split(",")})
+    if eval_at[-1] > args.steps or eval_at[0] < 1:
+        sys.exit(f"--eval-at {args.eval_at}: every step must be in 1..--steps ({args.steps})")
     work = (ROOT / args.work_dir).resolve()
     py = sys.executable
     timings = {}
 
     start = time.perf_counter()
     if not (work / "nano" / "sft-data").exists():
-        run([[py, "recipes/nano/prepare.py", "--output_dir", str(work / "nano"), "--dataset_size", str(args.rows),
-              "--grpo_size", "0"]])  # fmt: skip
+        run([py, "recipes/nano/prepare.py", "--output_dir", str(work / "nano"), "--dataset_size", str(args.rows),
+             "--grpo_size", "0"])  # fmt: skip
     data = str(work / "nano" / "sft-data")
     student = work / "student-init"
     if not (student / "model.safetensors").exists():
         build_student(student, args.init_seed)
     timings["prepare_s"] = round(time.perf_counter() - start)
 
-    warm = work / "student-warm"
-    if (warm / "model.safetensors").exists():  # a finished warm-up is reused (same settings: the caller's job)
-        timings["warmup"] = "reused"
-    else:
-        out = run([[py, "recipes/sft.py", "--config", "recipes/nano/sft.yaml", "--model_name_or_path", str(student),
-                    "--dataset_name", data, "--max_steps", str(args.warmup_steps), "--save_strategy", "no",
-                    "--learning_rate", str(args.warmup_lr), "--warmup_steps", str(max(args.warmup_steps // 10, 1)),
-                    "--logging_steps", "250", "--output_dir", str(warm)]])[0]  # fmt: skip
-        timings["warmup"] = WALL.search(out).group(0)
-    print(f"warm-up: {timings['warmup']}", flush=True)
-
-    arm = ["--model_name_or_path", str(warm), "--dataset_name", data, "--max_steps", str(args.steps), "--seed", "2",
-           "--learning_rate", "3e-4", "--lr_scheduler_type", "constant", "--logging_steps", "25"]  # fmt: skip
-    arms = {
-        "sft": [py, "recipes/sft.py", "--config", "recipes/nano/sft.yaml", *arm, "--warmup_steps", "0",
-                "--save_strategy", "no", "--output_dir", str(work / "student-sft")],
-        "distill": [py, "recipes/distill.py", "--config", "recipes/nano/distill.yaml", *arm,
-                    "--output_dir", str(work / "student-distill")],
-    }  # fmt: skip
-    for name, out in zip(arms, run(list(arms.values()), jobs=args.jobs)):
-        timings[name] = WALL.search(out).group(0)
-        print(f"{name}: {timings[name]}", flush=True)
+    common = ["--model_name_or_path", str(student), "--dataset_name", data, "--max_steps", str(args.steps),
+              "--learning_rate", str(args.lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--seed", "1",
+              "--logging_steps", "100", "--save_strategy", "steps", "--save_steps", str(eval_at[0]),
+              "--save_total_limit", "1000", "--save_only_model", "true"]  # fmt: skip
+    recipes = {
+        "sft": [py, "recipes/sft.py", "--config", "recipes/nano/sft.yaml"],
+        "distill": [py, "recipes/distill.py", "--config", "recipes/nano/distill.yaml"],
+    }
+    arms = args.arms.split(",")
+    for arm in arms:
+        out = work / f"student-{arm}"
+        timings[arm] = WALL.search(run([*recipes[arm], *common, "--output_dir", str(out)])).group(0)
+        print(f"{arm}: {timings[arm]}", flush=True)
 
     from bluelm_hf import NANO
 
-    models = {"warm-up": warm, "sft": work / "student-sft", "distill": work / "student-distill", "teacher": NANO}
-    runs = [(name, think) for name in models for think in (True, False)]
-    outputs = run([eval_command(str(models[name]), args.eval_n, think) for name, think in runs], jobs=args.jobs)
     results = {}
-    for (name, think), out in zip(runs, outputs):
-        result = json.loads(next(line for line in out.splitlines() if line.startswith('{"accuracy"')))
-        key = f"{name} {'thinking' if think else 'non-thinking'}"
-        results[key] = {k: result[k] for k in ("accuracy", "n", "mean_thinking_tokens", "well_formed")}
+    for step in eval_at:
+        for arm in arms:
+            checkpoint = work / f"student-{arm}" / f"checkpoint-{step}"
+            if not checkpoint.exists():
+                sys.exit(f"{checkpoint} was not saved: --eval-at steps must be multiples of the first one")
+            for think in (True, False):
+                key = f"{arm} step {step} {'thinking' if think else 'non-thinking'}"
+                results[key] = evaluate(str(checkpoint), args.eval_n, think)
+                print(key, results[key], flush=True)
+    for think in (True, False):
+        key = f"teacher {'thinking' if think else 'non-thinking'}"
+        results[key] = evaluate(str(NANO), args.eval_n, think)
         print(key, results[key], flush=True)
     print(json.dumps({"args": vars(args), "timings": timings, "results": results}, indent=1))
 

@@ -41,9 +41,11 @@ def checkpoints(tmp_path_factory, tiny_model, tiny_processor, tiny_tokenizer):
 
 
 def run_distill(recipe, args: list[str]):
-    from trl import DatasetMixtureConfig, DistillationConfig, ModelConfig, TrlParser
+    from trl import DatasetMixtureConfig, ModelConfig, TrlParser
 
-    parser = TrlParser((recipe.BlueLMDistillArguments, DistillationConfig, ModelConfig, DatasetMixtureConfig))
+    from bluelm_hf.distillation import BlueLMDistillConfig
+
+    parser = TrlParser((recipe.BlueLMDistillArguments, BlueLMDistillConfig, ModelConfig, DatasetMixtureConfig))
     parsed = parser.parse_args_and_config(args)
     recipe.main(*parsed)
     return parsed
@@ -92,3 +94,53 @@ def test_the_stage_preset_runs_on_cpu(tmp_path, distill_recipe, checkpoints, mon
                                  "--model_name_or_path", str(student), "--teacher_model_name_or_path", str(teacher),
                                  "--output_dir", str(out), "--max_completion_length", "8"])  # fmt: skip
     assert (out / "model.safetensors").exists()
+
+
+def test_off_policy_distils_on_the_rows_own_completions(tmp_path, distill_recipe, checkpoints, monkeypatch):
+    """--lmbda 0: the student never generates; every completion the loss sees is a row's last assistant turn as the
+    chat template renders it, after a prompt that ends in that row's own mode (thinking rows with [|BlueThink|])."""
+    from bluelm_hf.distillation import BlueLMDistillationTrainer
+
+    student, teacher = checkpoints
+    data = write_jsonl(tmp_path / "data.jsonl", ROWS * 2)
+    generated, seen = [], []
+    monkeypatch.setattr(BlueLMDistillationTrainer, "_generate_single_turn", lambda self, *a, **k: generated.append(a))
+    original = BlueLMDistillationTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        decode = self.processing_class.tokenizer.decode
+        for prompt, mask, ids, keep in zip(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                           inputs["completion_mask"]):  # fmt: skip
+            seen.append((decode(prompt[mask.bool()]), decode(ids[keep.bool()])))
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(BlueLMDistillationTrainer, "compute_loss", spy)
+    run_distill(distill_recipe, [*CPU, "--model_name_or_path", str(student), "--teacher_model_name_or_path",
+                                 str(teacher), "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+                                 "--max_completion_length", "32", "--lmbda", "0", "--max_steps", "4"])  # fmt: skip
+    assert generated == []
+    expected = {"<think>the square is red</think>Red.</s>": "[|AI|]:[|BlueThink|]", "Hello.</s>": "[|AI|]:",
+                "<think>one two</think>2</s>": "[|AI|]:[|BlueThink|]", "1 2 3</s>": "[|AI|]:"}  # fmt: skip
+    assert len(seen) == 8 and {completion for _, completion in seen} == set(expected), seen
+    for prompt, completion in seen:
+        assert prompt.endswith(expected[completion]) and prompt.startswith("[|Human|]:"), (prompt, completion)
+
+
+def test_lmbda_is_checked(tmp_path, distill_recipe, checkpoints):
+    from bluelm_hf.distillation import BlueLMDistillConfig, BlueLMDistillationTrainer
+
+    with pytest.raises(ValueError, match=r"lmbda must be in \[0, 1\].*got 1.5"):
+        BlueLMDistillConfig(output_dir=str(tmp_path), lmbda=1.5)
+    student, teacher = checkpoints
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}]}] * 2)
+    with pytest.raises(ValueError, match=r"lmbda=0.5 distils on the dataset's completions.*no `completion` column"):
+        BlueLMDistillationTrainer(
+            model=AutoModelForImageTextToText.from_pretrained(student),
+            teacher_model=AutoModelForImageTextToText.from_pretrained(teacher),
+            args=BlueLMDistillConfig(output_dir=str(tmp_path), lmbda=0.5, use_cpu=True, bf16=False, report_to="none"),
+            train_dataset=prompts,
+            processing_class=AutoProcessor.from_pretrained(student),
+        )

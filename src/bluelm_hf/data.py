@@ -362,17 +362,20 @@ def repeat_long_cot(dataset, tokenizer, min_tokens: int, repeat: int):
 
 
 # --------------------------------------------------------------------------------------------------- GRPO
-def to_prompts(dataset, source: str = "dataset"):
+def to_prompts(dataset, source: str = "dataset", completions: bool = False):
     """A GRPO prompt dataset: `prompt` (the turns before the last assistant turn), `images`, `answer` (the last
     assistant turn's text, unless the dataset has an `answer` column) and `thinking` (whether that turn thinks).
+    With `completions`, also `completion`: that last assistant turn, whole (TRL's conversational prompt-completion
+    format; `bluelm_hf.distillation` distils on it).
 
     Takes a conversations dataset (from `load_conversations`) or one that already has a `prompt` column."""
     if "prompt" in dataset.column_names:
-        missing = [c for c in ("answer",) if c not in dataset.column_names]
+        needed = ("answer", "completion") if completions else ("answer",)
+        missing = [c for c in needed if c not in dataset.column_names]
         if missing:
-            raise DatasetFormatError(f"{source}: a prompt dataset needs an `answer` column for the rewards")
+            raise DatasetFormatError(f"{source}: a prompt dataset needs the column(s) {missing} here")
         return dataset
-    prompts, answers, thinking = [], [], []
+    prompts, answers, thinking, last_turns = [], [], [], []
     for i, messages in enumerate(dataset["messages"]):
         last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
         if last == 0:
@@ -380,9 +383,12 @@ def to_prompts(dataset, source: str = "dataset"):
         prompts.append(messages[:last])
         answers.append("".join(b["text"] or "" for b in messages[last]["content"] if b["type"] == "text").strip())
         thinking.append(bool(messages[last].get("reasoning_content")))
-    keep = [c for c in dataset.column_names if c not in ("messages", "thinking", "prompt")]
+        last_turns.append(messages[last : last + 1])
+    keep = [c for c in dataset.column_names if c not in ("messages", "thinking", "prompt", "completion")]
     dataset = dataset.select_columns(keep)
     dataset = dataset.add_column("prompt", prompts, feature=message_features())
+    if completions:
+        dataset = dataset.add_column("completion", last_turns, feature=message_features())
     if "answer" not in keep:
         dataset = dataset.add_column("answer", answers)
     return dataset.add_column("thinking", thinking)
