@@ -115,10 +115,19 @@ def test_off_policy_distils_on_the_rows_own_completions(tmp_path, distill_recipe
         return original(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(BlueLMDistillationTrainer, "compute_loss", spy)
+    widths = []  # the LLM width of every image forward
+    original_features = BlueLMVModel.get_image_features
+
+    def features_spy(self, pixel_values, *args, **kwargs):
+        widths.append(self.config.text_config.hidden_size)
+        return original_features(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(BlueLMVModel, "get_image_features", features_spy)
     run_distill(distill_recipe, [*CPU, "--model_name_or_path", str(student), "--teacher_model_name_or_path",
                                  str(teacher), "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
                                  "--max_completion_length", "32", "--lmbda", "0", "--max_steps", "4"])  # fmt: skip
     assert generated == []
+    assert {32, 64} <= set(widths), widths  # the images reached the student and the teacher
     expected = {"<think>the square is red</think>Red.</s>": "[|AI|]:[|BlueThink|]", "Hello.</s>": "[|AI|]:",
                 "<think>one two</think>2</s>": "[|AI|]:[|BlueThink|]", "1 2 3</s>": "[|AI|]:"}  # fmt: skip
     assert len(seen) == 8 and {completion for _, completion in seen} == set(expected), seen
