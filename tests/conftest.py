@@ -1,5 +1,11 @@
-"""Shared fixtures: a tiny BlueLM built on the fly (no Hub access)."""
+"""Shared fixtures: a tiny BlueLM built on the fly (no Hub access); and the order the test files run in.
 
+`python -m pytest` runs the files on pytest-xdist workers (`-n auto --dist loadfile` in pyproject.toml: one file a
+worker, so a file's module fixtures are built once), at most `MAX_WORKERS`, the slowest files first so that the
+workers finish together; `-n 0` runs everything in one process.
+"""
+
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +20,23 @@ from bluelm_hf.assemble import add_bluelm_special_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "nano"))  # the nano's tokenizer trainer
 from nano_data import train_tokenizer  # noqa: E402
+
+MAX_WORKERS = 4  # each worker holds torch and a few models; several tests start two training processes
+# The files that take longest (pytest --durations, 2-core CI), first: they start while the rest fill the other workers
+SLOWEST_FIRST = ("test_training.py", "test_distributed.py", "test_export_executorch.py", "test_vllm.py",
+                 "test_recipes.py", "test_nano_checkpoint.py", "test_export.py", "test_grpo.py", "test_space.py",
+                 "test_export_realsize.py")  # fmt: skip
+
+
+def pytest_xdist_auto_num_workers(config):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FIRST)))  # stable: the rest keep their order
+
 
 TILE = 56  # 4x4 patches of 14 px -> 2x2 merged -> 4 tokens per tile
 CORPUS = [

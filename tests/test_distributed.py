@@ -1,14 +1,16 @@
 """The distributed path for real: 2 CPU processes in one gloo process group, a few steps each.
 
-DDP: SFT (BlueLM-nano from scratch) and GRPO (from the bundled nano) under both launchers a user has:
-- `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml` (accelerate's MULTI_CPU: mpirun, Open MPI;
-  .ci/run installs openmpi-bin);
-- `torchrun --nproc_per_node 2` (torch's elastic launcher; accelerate's PartialState joins its group).
+DDP: the two launchers a user has, one recipe each (each recipe also runs under the other launcher with FSDP2:
+SFT resumed through torchrun below, GRPO through `accelerate launch` in test_grpo.py):
+- SFT (BlueLM-nano) under `accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml` (accelerate's
+  MULTI_CPU: mpirun, Open MPI; .ci/run installs openmpi-bin);
+- GRPO (from the bundled nano) under `torchrun --nproc_per_node 2` (torch's elastic launcher; accelerate's
+  PartialState joins its group).
 
 FSDP2 (docs/distributed.md): recipes/sft.py under `accelerate launch --config_file recipes/accelerate/fsdp2.yaml` and
 under `torchrun` with the trainer's `--fsdp` / `--fsdp_config`; each check reads what each rank actually held (the
 per-rank files of the sharded checkpoint, or each rank's local shard of every parameter), not just that it ran.
-This file is also the 2-process worker of `test_fsdp2_units_*` (`python tests/test_distributed.py --worker ...`).
+This file is also the 2-process worker of `test_fsdp2_units_*` (`python tests/test_distributed.py --worker OUT CASE...`).
 """
 
 import json
@@ -32,13 +34,6 @@ def free_port() -> int:
 
 
 HAS_MPIRUN = shutil.which("mpirun") is not None
-LAUNCHERS = [
-    "torchrun",
-    pytest.param(
-        "accelerate",
-        marks=pytest.mark.skipif(not HAS_MPIRUN, reason="accelerate's MULTI_CPU needs mpirun (apt-get install openmpi-bin)"),
-    ),
-]
 ENV = {
     "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
     "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -76,15 +71,15 @@ def assert_one_group_of_two(output: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_two_process_sft(tmp_path, launcher):
+@pytest.mark.skipif(not HAS_MPIRUN, reason="accelerate's MULTI_CPU needs mpirun (apt-get install openmpi-bin)")
+def test_two_process_sft_under_accelerate_launch(tmp_path):
     import bluelm_hf
     from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
 
     sft_dir = tmp_path / "sft"
     make_sft_dataset(16).save_to_disk(str(tmp_path / "data"))
     out = launch(
-        launcher, "sft.py", "--config", str(ROOT / "recipes/nano/sft.yaml"), "--model_name_or_path", str(bluelm_hf.NANO),
+        "accelerate", "sft.py", "--config", str(ROOT / "recipes/nano/sft.yaml"), "--model_name_or_path", str(bluelm_hf.NANO),
         "--dataset_name", str(tmp_path / "data"), "--output_dir", str(sft_dir), "--max_steps", "2",
         "--per_device_train_batch_size", "2", "--save_strategy", "no",
         "--dataloader_num_workers", "0", "--logging_steps", "1",
@@ -94,8 +89,7 @@ def test_two_process_sft(tmp_path, launcher):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_two_process_grpo(tmp_path, launcher):
+def test_two_process_grpo_under_torchrun(tmp_path):
     """GRPO from the bundled BlueLM-nano in one 2-process group: TRL's GRPOTrainer with our processor (its
     InternVL-style tile count, `crop_to_patches` / `num_patches`, and a processor output of model inputs only)."""
     import bluelm_hf
@@ -105,7 +99,7 @@ def test_two_process_grpo(tmp_path, launcher):
     grpo_dir = tmp_path / "grpo"
     make_sft_dataset(8, seed=1, think_ratio=1.0).save_to_disk(str(tmp_path / "data"))
     out = launch(
-        launcher, "grpo.py", "--config", str(ROOT / "recipes/nano/grpo.yaml"),
+        "torchrun", "grpo.py", "--config", str(ROOT / "recipes/nano/grpo.yaml"),
         "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(tmp_path / "data"),
         "--output_dir", str(grpo_dir), "--max_steps", "2", "--per_device_train_batch_size", "2", "--num_generations", "2",
         "--max_completion_length", "8", "--logging_steps", "1",
@@ -408,16 +402,25 @@ def worker(case: str, output_dir: str) -> None:
         "tied": base.lm_head.weight is base.model.language_model.embed_tokens.weight,
         "params": params,
     }
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     Path(output_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def fsdp2_unit_runs(tmp_path_factory):
+    """Every UNIT_CASES case in one 2-process torchrun group, one after the other (`worker` each); returns the
+    folder of the per-case reports and the log."""
+    out = tmp_path_factory.mktemp("fsdp2-units")
+    return out, run(torchrun(str(Path(__file__)), "--worker", str(out), *UNIT_CASES))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(UNIT_CASES))
-def test_fsdp2_units_tied_embeddings_and_stages(tmp_path, case):
+def test_fsdp2_units_tied_embeddings_and_stages(fsdp2_unit_runs, case):
     lm, stage, activation_checkpointing = UNIT_CASES[case]
-    log = run(torchrun(str(Path(__file__)), "--worker", case, str(tmp_path)))
+    out, log = fsdp2_unit_runs
     assert DDP_MARK not in log
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((out / case / f"rank{r}.json").read_text()) for r in (0, 1)]
     layer = {"llama": "LlamaDecoderLayer", "qwen3": "Qwen3DecoderLayer"}[lm]
     for report in ranks:
         assert report["fsdp"]
@@ -447,6 +450,10 @@ def test_fsdp2_units_tied_embeddings_and_stages(tmp_path, case):
         assert all(p0[n]["local"][0] < p0[n]["full"][0] for n in lora_b if p0[n]["full"][0] >= 2)
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:  # --worker OUTPUT_DIR CASE...
     sys.path.insert(0, str(Path(__file__).parent))
-    worker(sys.argv[2], sys.argv[3])
+    from accelerate.state import AcceleratorState
+
+    for case in sys.argv[3:]:
+        worker(case, str(Path(sys.argv[2]) / case))
+        AcceleratorState._reset_state()  # the next case's trainer builds its own FSDP plugin (same process group)
