@@ -3,12 +3,12 @@ off-policy: TRL's DistillationTrainer with `lmbda 0`, forward KL) against the sa
 (recipes/sft.py) from the same random init, on the same rows, with the same schedule and seed; held-out accuracy,
 thinking and non-thinking, with `bluelm-hf eval`, at several points of training.
 
-    python bench/bench_distill.py [--steps 2000] [--eval-at 500,1000,2000] [--eval-n 500] [--work-dir runs/bench-distill]
+    python bench/bench_distill.py [--steps 3000] [--eval-at 500,1000,2000,3000] [--seed 1] [--work-dir DIR]
 
 1. `recipes/nano/prepare.py` writes the nano's SFT rows (data seed 0, half of them thinking rows).
 2. The student: `BlueLMVConfig.nano`'s shape with the LLM at half width and depth (hidden 96, MLP 256, 2 layers,
    2 heads; the ViT unchanged: the paper distils the LLM), random init with `--init-seed`, the nano's tokenizer.
-3. Both arms from that init for `--steps` steps, batch 16, LR `--lr` cosine with 100 warm-up steps, seed 1, saving
+3. Both arms from that init for `--steps` steps, batch 16, LR `--lr` cosine with 100 warm-up steps, `--seed`, saving
    at each `--eval-at` step: plain SFT (recipes/nano/sft.yaml) and distillation (recipes/nano/distill.yaml).
 4. `bluelm-hf eval --n N --think/--no-think` on each saved step of both arms, and on the teacher.
 
@@ -68,12 +68,13 @@ def evaluate(model: str, n: int, think: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--eval-at", default="500,1000,2000", help="steps whose checkpoints are evaluated")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--eval-at", default="500,1000,2000,3000", help="steps whose checkpoints are evaluated")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-n", type=int, default=500)
     parser.add_argument("--init-seed", type=int, default=0)
-    parser.add_argument("--rows", type=int, default=32_000, help="SFT rows written (16 x steps: one epoch)")
+    parser.add_argument("--seed", type=int, default=1, help="training seed of both arms (data order)")
+    parser.add_argument("--rows", type=int, default=48_000, help="SFT rows written (16 x steps: one epoch)")
     parser.add_argument("--arms", default="sft,distill")
     parser.add_argument("--work-dir", default="runs/bench-distill")
     args = parser.parse_args()
@@ -95,7 +96,8 @@ def main() -> None:
     timings["prepare_s"] = round(time.perf_counter() - start)
 
     common = ["--model_name_or_path", str(student), "--dataset_name", data, "--max_steps", str(args.steps),
-              "--learning_rate", str(args.lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--seed", "1",
+              "--learning_rate", str(args.lr), "--lr_scheduler_type", "cosine", "--warmup_steps", "100",
+              "--seed", str(args.seed),
               "--logging_steps", "100", "--save_strategy", "steps", "--save_steps", str(eval_at[0]),
               "--save_total_limit", "1000", "--save_only_model", "true"]  # fmt: skip
     recipes = {

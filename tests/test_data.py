@@ -238,7 +238,8 @@ def test_grpo_prompts_come_from_the_conversations(tmp_path):
     assert len(prompts[0]["images"]) == 1 and prompts[1]["images"] == []
     assert "completion" not in prompts.column_names
     with_completions = to_prompts(load_conversations(str(write_jsonl(tmp_path / "data.jsonl"))), completions=True)
-    assert [c[0]["reasoning_content"] for c in with_completions["completion"]] == ["the square is red", None, "one two", None]
+    reasoning = [c[0]["reasoning_content"] for c in with_completions["completion"]]
+    assert reasoning == ["the square is red", None, "one two", None]
     assert [c[0]["content"][0]["text"] for c in with_completions["completion"]] == ["Red.", "Hello.", "2", "1 2 3"]
     with pytest.raises(DatasetFormatError, match=r"needs the column\(s\) \['completion'\]"):
         to_prompts(prompts, completions=True)

@@ -10,7 +10,8 @@ SFT resumed through torchrun below, GRPO through `accelerate launch` in test_grp
 FSDP2 (docs/distributed.md): recipes/sft.py under `accelerate launch --config_file recipes/accelerate/fsdp2.yaml` and
 under `torchrun` with the trainer's `--fsdp` / `--fsdp_config`; each check reads what each rank actually held (the
 per-rank files of the sharded checkpoint, or each rank's local shard of every parameter), not just that it ran.
-This file is also the 2-process worker of `test_fsdp2_units_*` (`python tests/test_distributed.py --worker OUT CASE...`).
+This file is also the 2-process worker of `test_fsdp2_units_*` (`python tests/test_distributed.py --worker OUT
+CASE...`).
 """
 
 import json

@@ -95,7 +95,8 @@ class BlueLMDistillationTrainer(DistillationTrainer):
             images.append([b["image"] for m in prompt if isinstance(m["content"], list)
                            for b in m["content"] if b["type"] == "image"] or None)  # fmt: skip
         mode = "train" if self.model.training else "eval"
-        lengths = self.accelerator.gather(torch.tensor([len(c) for c in completion_ids], device=self.accelerator.device))
+        lengths = torch.tensor([len(c) for c in completion_ids], device=self.accelerator.device)
+        lengths = self.accelerator.gather(lengths)
         self._metrics[mode]["completions/mean_length"].append(lengths.float().mean().item())
         images = images if any(images) else None
         return prompt_ids, completion_ids, None, images, []
