@@ -79,8 +79,9 @@ def main() -> None:
     parser.add_argument("--work-dir", default="runs/bench-distill")
     args = parser.parse_args()
     eval_at = sorted({int(s) for s in args.eval_at.split(",")})
-    if eval_at[-1] > args.steps or eval_at[0] < 1:
-        sys.exit(f"--eval-at {args.eval_at}: every step must be in 1..--steps ({args.steps})")
+    if eval_at[-1] > args.steps or eval_at[0] < 1 or any(step % eval_at[0] for step in eval_at):
+        sys.exit(f"--eval-at {args.eval_at}: every step must be in 1..--steps ({args.steps}) and a multiple of the "
+                 "first (the checkpoint interval)")  # fmt: skip
     work = (ROOT / args.work_dir).resolve()
     py = sys.executable
     timings = {}
@@ -116,8 +117,6 @@ def main() -> None:
     for step in eval_at:
         for arm in arms:
             checkpoint = work / f"student-{arm}" / f"checkpoint-{step}"
-            if not checkpoint.exists():
-                sys.exit(f"{checkpoint} was not saved: --eval-at steps must be multiples of the first one")
             for think in (True, False):
                 key = f"{arm} step {step} {'thinking' if think else 'non-thinking'}"
                 results[key] = evaluate(str(checkpoint), args.eval_n, think)

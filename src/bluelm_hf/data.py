@@ -384,7 +384,8 @@ def to_prompts(dataset, source: str = "dataset", completions: bool = False):
         answers.append("".join(b["text"] or "" for b in messages[last]["content"] if b["type"] == "text").strip())
         thinking.append(bool(messages[last].get("reasoning_content")))
         last_turns.append(messages[last : last + 1])
-    keep = [c for c in dataset.column_names if c not in ("messages", "thinking", "prompt", "completion")]
+    replaced = ("messages", "thinking", "prompt", "completion") if completions else ("messages", "thinking", "prompt")
+    keep = [c for c in dataset.column_names if c not in replaced]
     dataset = dataset.select_columns(keep)
     dataset = dataset.add_column("prompt", prompts, feature=message_features())
     if completions:
