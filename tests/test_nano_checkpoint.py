@@ -30,6 +30,13 @@ def held_out():
     return nano_task.make_eval_set(N)
 
 
+@pytest.fixture(scope="module")
+def think_eval(nano, held_out):
+    """The thinking-mode eval with no budget (greedy, so one run serves every test that compares against it)."""
+    model, processor = nano
+    return evaluate_nano(model, processor, dataset=held_out, thinking=True)
+
+
 def test_loads_offline_through_auto_classes(nano):
     code = (
         "import torch, bluelm_hf\n"
@@ -49,9 +56,9 @@ def test_loads_offline_through_auto_classes(nano):
     assert f"params {sum(t.numel() for t in nano[0].parameters())}" in result.stdout.splitlines()
 
 
-def test_small_eval_clears_floors_random_weights_cannot(nano, held_out):
+def test_small_eval_clears_floors_random_weights_cannot(nano, held_out, think_eval):
     model, processor = nano
-    think = evaluate_nano(model, processor, dataset=held_out, thinking=True)
+    think = think_eval
     no_think = evaluate_nano(model, processor, dataset=held_out, thinking=False)
     assert think["accuracy"] >= THINK_FLOOR, think
     assert think["accuracy"] - no_think["accuracy"] >= GAP_FLOOR, (think, no_think)
@@ -65,10 +72,10 @@ def test_small_eval_clears_floors_random_weights_cannot(nano, held_out):
     assert random_think["accuracy"] < THINK_FLOOR / 2, random_think
 
 
-def test_budget_zero_is_worse_than_unlimited(nano, held_out):
+def test_budget_zero_is_worse_than_unlimited(nano, held_out, think_eval):
     model, processor = nano
     closed = evaluate_nano(model, processor, dataset=held_out, thinking=True, thinking_budget=0)
-    full = evaluate_nano(model, processor, dataset=held_out, thinking=True)
+    full = think_eval
     assert closed["mean_thinking_tokens"] == 0.0
     assert full["accuracy"] - closed["accuracy"] >= GAP_FLOOR, (closed, full)
 
