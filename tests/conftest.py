@@ -22,10 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "nano")
 from nano_data import train_tokenizer  # noqa: E402
 
 MAX_WORKERS = 4  # each worker holds torch and a few models; several tests start two training processes
-# The files that take longest (pytest --durations, 2-core CI), first: they start while the rest fill the other workers
+# Longest first (each file's total of pytest --durations, 2-core CI), so the short files fill in at the end and the
+# workers finish together; a file not named here runs after these.
 SLOWEST_FIRST = ("test_training.py", "test_distributed.py", "test_export_executorch.py", "test_vllm.py",
-                 "test_recipes.py", "test_nano_checkpoint.py", "test_export.py", "test_grpo.py", "test_space.py",
-                 "test_export_realsize.py")  # fmt: skip
+                 "test_recipes.py", "test_export.py", "test_space.py", "test_export_realsize.py", "test_grpo.py",
+                 "test_nano_checkpoint.py", "test_serving.py", "test_cli.py", "test_modeling.py",
+                 "test_transformers_battery.py", "test_assemble.py", "test_model_card.py", "test_data.py",
+                 "test_nano_task.py", "test_thinking.py", "test_distill.py", "test_image_processing.py",
+                 "test_rewards.py", "test_image_loading.py", "test_processing.py", "test_chat_template.py",
+                 "test_layout.py")  # fmt: skip
 
 
 def pytest_xdist_auto_num_workers(config):
