@@ -8,6 +8,7 @@ from conftest import tiny_config
 
 from nano_data import make_sft_dataset  # recipes/nano, on sys.path by conftest
 
+import bluelm_hf
 from bluelm_hf import BlueLMVForConditionalGeneration
 from bluelm_hf.assemble import add_bluelm_special_tokens
 from bluelm_hf.training import (
@@ -215,20 +216,8 @@ def test_qlora_sft_recipe_trains_adapters_on_a_4bit_llm(tmp_path):
     assert trainable_names and all("lora_" in name for name in trainable_names)
 
 
-def _prepare_nano(root, work, rows):
-    """`recipes/nano/prepare.py` for `rows` SFT rows: the nano's init and SFT set, on disk."""
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, str(root / "recipes/nano/prepare.py"), "--output_dir", str(work / "nano"),
-           "--dataset_size", str(rows), "--grpo_size", "0", "--num_proc", "1"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return work / "nano"
-
-
-def _run_sft_recipe(out, nano, prefix=(), env_overrides=None):
-    """One step of `recipes/sft.py --config recipes/nano/sft.yaml` on 4 rows from the nano's init, at the full learning
+def _run_sft_recipe(out, data, prefix=(), env_overrides=None):
+    """One step of `recipes/sft.py --config recipes/nano/sft.yaml` on 4 rows from the shipped nano, at the full learning
     rate (no warmup: every tensor moves); returns the saved weights. One step runs every kernel the recipe uses
     (forward, backward, clipping, fused AdamW) and keeps the emulated run to about a minute."""
     import os
@@ -241,7 +230,7 @@ def _run_sft_recipe(out, nano, prefix=(), env_overrides=None):
     root = Path(__file__).resolve().parents[1]
     cmd = [
         *prefix, sys.executable, str(root / "recipes/sft.py"), "--config", str(root / "recipes/nano/sft.yaml"),
-        "--model_name_or_path", str(nano / "init"), "--dataset_name", str(nano / "sft-data"),
+        "--model_name_or_path", str(bluelm_hf.NANO), "--dataset_name", str(data),
         "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no",
         "--logging_steps", "1", "--warmup_steps", "0",
     ]  # fmt: skip
@@ -273,10 +262,11 @@ def test_sft_recipe_gives_the_same_weights_bit_for_bit_on_another_cpu(tmp_path):
         # AMD machine's after one step (BENCHMARKS.md). Same-vendor reproducibility on Intel is not checked yet.
         pytest.skip("checked on AMD CPUs only; this is not one")
 
-    nano = _prepare_nano(Path(__file__).resolve().parents[1], tmp_path, rows=4)
-    native = _run_sft_recipe(tmp_path / "native", nano)
-    emulated = _run_sft_recipe(tmp_path / "emulated", nano, prefix=("qemu-x86_64", "-cpu", "EPYC-Rome"))
-    init = load_file(nano / "init" / "model.safetensors")
+    data = tmp_path / "data"
+    make_sft_dataset(4).save_to_disk(str(data))
+    native = _run_sft_recipe(tmp_path / "native", data)
+    emulated = _run_sft_recipe(tmp_path / "emulated", data, prefix=("qemu-x86_64", "-cpu", "EPYC-Rome"))
+    init = load_file(bluelm_hf.NANO / "model.safetensors")
     untrained = [name for name in init if torch.equal(init[name], native[name])]
     assert not untrained, f"{len(untrained)} tensors did not move in the step, e.g. {untrained[:3]}"
     assert native.keys() == emulated.keys()
@@ -286,7 +276,7 @@ def test_sft_recipe_gives_the_same_weights_bit_for_bit_on_another_cpu(tmp_path):
     if torch.backends.cpu.get_cpu_capability() == "AVX512":  # what the pinning prevents
         unpinned = _run_sft_recipe(
             tmp_path / "unpinned",
-            nano,
+            data,
             env_overrides={"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "ALL"},
         )
         assert any(not torch.equal(native[name], unpinned[name]) for name in native), (
