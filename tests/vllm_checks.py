@@ -1,13 +1,13 @@
 """Runs inside the vLLM virtualenv (`.ci/vllm_env.sh`), driven by tests/test_vllm.py; prints one JSON line.
 
-    python tests/vllm_checks.py generate N            transformers `generate` (the venv's transformers) on the nano,
-                                                      and what its processor says to <image>/image count mismatches
-    python tests/vllm_checks.py offline MODEL N [MODES_JSON MAX_NEW_TOKENS]
-                                                      vLLM `LLM.generate`, loaded through the `bluelm` plugin
     python tests/vllm_checks.py generate+offline MODEL N
-                                                      both in one process: `generate` first, then `LLM` with its
-                                                      engine and worker in this process (the server check runs
-                                                      them as the separate processes vLLM starts by default)
+                                                      transformers `generate` (the venv's transformers) on the nano
+                                                      and what its processor says to <image>/image count mismatches;
+                                                      then, in the same process, vLLM `LLM.generate` through the
+                                                      `bluelm` plugin with its engine and worker in this process (the
+                                                      server check runs them as the processes vLLM starts by default)
+    python tests/vllm_checks.py offline MODEL N [MODES_JSON MAX_NEW_TOKENS]
+                                                      vLLM `LLM.generate` alone, vLLM's usual processes
     python tests/vllm_checks.py server MODEL PORT     vLLM's OpenAI server + the `openai` client, one image request
 
 Each mode answers the first N held-out nano questions greedily in three modes (MODES, or MODES_JSON: a JSON object
@@ -177,9 +177,7 @@ def server(model, port):
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    if mode == "generate":
-        result = {**generate(int(args[0])), "placeholder_mismatches": placeholder_mismatches()}
-    elif mode == "generate+offline":
+    if mode == "generate+offline":
         result = {
             "generate": {**generate(int(args[1])), "placeholder_mismatches": placeholder_mismatches()},
             "offline": offline(args[0], int(args[1]), in_process=True),
