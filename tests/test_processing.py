@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from conftest import TILE, random_image
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -142,6 +143,22 @@ def test_num_multimodal_tokens_match_the_processor_output(tiny_processor, height
     counts = (out["input_ids"] == tiny_processor.image_token_id).sum(-1).tolist()
     assert data.num_image_tokens == counts
     assert sum(data.num_image_patches) == out["pixel_values"].shape[0]
+
+
+@pytest.mark.parametrize("layout", ["(H, W)", "(H, W, 1)", "(1, H, W)", "(H, W) tensor", "(H, W, 3)", "(3, H, W)"])
+def test_processor_takes_every_array_layout_the_loader_takes(tiny_processor, layout):
+    """The processor gives an array the pixels the image processor (and `image_loading`) give it: a 2D grayscale
+    array is no image to transformers' `ProcessorMixin.validate_inputs`, so the processor must load it first."""
+    import numpy as np
+
+    gray = np.random.default_rng(1).integers(0, 256, (TILE + 5, 2 * TILE - 3), dtype=np.uint8)
+    arrays = {
+        "(H, W)": gray, "(H, W, 1)": gray[..., None], "(1, H, W)": gray[None], "(H, W) tensor": torch.from_numpy(gray),
+        "(H, W, 3)": np.repeat(gray[..., None], 3, -1), "(3, H, W)": np.repeat(gray[None], 3, 0),
+    }
+    out = tiny_processor(text=["<image>a"], images=[arrays[layout]], return_tensors="pt")
+    reference = tiny_processor.image_processor(Image.fromarray(gray), return_tensors="pt")
+    assert reference["pixel_values"].shape[0] > 1 and torch.equal(out["pixel_values"], reference["pixel_values"])
 
 
 def test_empty_conversation_is_a_clear_error(tiny_processor):

@@ -333,10 +333,11 @@ class BlueLMVImageProcessingMixin:
 
     # ---- loading: every source through `image_loading.load_image`, so all give the same upright image
     def fetch_images(self, image_url_or_urls):
-        """Encoded sources (paths, URLs, base64, bytes) decoded as upright 8-bit PIL images in their own channels
-        (`image_loading.keep_channels`); PIL images, arrays and tensors passed through, nested lists kept, as
-        transformers' `fetch_images` does. The RGB conversion (`do_convert_rgb`) is the processor's own step, so it
-        treats every source alike.
+        """Encoded sources (paths, URLs, base64, bytes) and (H, W) grayscale arrays/tensors decoded as upright 8-bit
+        PIL images in their own channels (`image_loading.keep_channels`); PIL images and 3D/4D arrays and tensors
+        passed through, nested lists kept, as transformers' `fetch_images` does. (A 2D array is no image to
+        transformers' `ProcessorMixin.validate_inputs`, which runs next.) The RGB conversion (`do_convert_rgb`) is the
+        processor's own step, so it treats every source alike.
         A `None` sample of a batch has no images (TRL's DistillationTrainer passes text-only rows so)."""
         counter = itertools.count()
 
@@ -344,7 +345,7 @@ class BlueLMVImageProcessingMixin:
             if isinstance(item, (list, tuple)):
                 return [[] if inner is None and top else fetch(inner, False) for inner in item]
             index = next(counter)
-            if isinstance(item, (str, bytes, bytearray, memoryview, os.PathLike)):
+            if isinstance(item, (str, bytes, bytearray, memoryview, os.PathLike)) or getattr(item, "ndim", 0) == 2:
                 return load_image(item, index, convert_rgb=False)
             return item
 
