@@ -49,6 +49,30 @@ def test_an_empty_question_is_a_usage_error(capsys):
         assert "the question is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["chat", "--budget", "-3"], "--budget: must be >= 0, got -3"),
+        (["chat", "--max-new-tokens", "0"], "--max-new-tokens: must be >= 1, got 0"),
+        (["chat", "--budget", "1.5"], "--budget: expected a whole number >= 0, got '1.5'"),
+        (["eval", "--n", "0"], "--n: must be >= 1, got 0"),
+        (["eval", "--batch-size", "-1"], "--batch-size: must be >= 1, got -1"),
+        (["eval", "--budget", "-1"], "--budget: must be >= 0, got -1"),
+        (["assemble", "v", "l", "out", "--max-grid-size", "0"], "--max-grid-size: must be >= 1, got 0"),
+    ],
+)
+def test_an_out_of_range_count_is_a_usage_error_before_any_model_loads(capsys, monkeypatch, argv, message):
+    """Once `eval --n 0` crashed deep inside datasets (`ValueError: Keys mismatch`) and `chat --budget -3` loaded the
+    model before refusing; every count is now checked by argparse (exit 2, the flag and the number)."""
+    import bluelm_hf.inference
+
+    monkeypatch.setattr(bluelm_hf.inference, "load", lambda *a, **k: pytest.fail("loaded a model first"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def _checkpoint_copy(tmp_path):
     """A copy of the bundled nano's files, without weights (the checks under test run before any are read)."""
     path = tmp_path / "checkpoint"
