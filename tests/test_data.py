@@ -245,6 +245,41 @@ def test_grpo_prompts_come_from_the_conversations(tmp_path):
         to_prompts(prompts, completions=True)
 
 
+def test_llava_style_image_placeholders_keep_their_places(tmp_path, tiny_processor):
+    """String contents that mark images with `<image>` (LLaVA-style data) get an image block at each mark, so the
+    rendered prompt is the one the data wrote; a literal `<image>` would be marked as user text and never see the
+    image. Rows without marks keep TRL's placement (images in front of the first user turn)."""
+    rows = [
+        {"messages": [{"role": "user", "content": "Compare <image> and\n<image>, please."},
+                      {"role": "assistant", "content": "Same."}], "images": ["img/0.png", "img/1.png"]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nWhat?"},
+                      {"role": "assistant", "content": "A square."}], "images": ["img/0.png"]},
+        ROWS[0],
+    ]  # fmt: skip
+    dataset = load_conversations(str(write_jsonl(tmp_path / "data.jsonl", rows)))
+    user = [next(m for m in row["messages"] if m["role"] == "user")["content"] for row in dataset]
+    assert [b["type"] for b in user[0]] == ["text", "image", "text", "image", "text"]
+    assert [b["text"] for b in user[0] if b["type"] == "text"] == ["Compare ", " and\n", ", please."]
+    assert [b["type"] for b in user[1]] == ["image", "text"] and user[1][1]["text"] == "\nWhat?"
+    assert [b["type"] for b in user[2]] == ["image", "text"]  # no marks: TRL's placement
+    rendered = tiny_processor.apply_chat_template(dataset[0]["messages"], tokenize=False)
+    assert "[|Human|]:Compare <image> and\n<image>, please." in rendered, rendered
+    inputs = tiny_processor(text=[rendered], images=dataset[0]["images"])
+    per_image = [tiny_processor.image_processor.get_number_of_image_tokens(i.height, i.width) for i in dataset[0]["images"]]
+    assert inputs["input_ids"][0].count(tiny_processor.image_token_id) == sum(per_image)
+    with pytest.raises(DatasetFormatError, match=r"row 0: 2 image block\(s\) in the messages but 1 image\(s\)"):
+        load_conversations(str(write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "images": ["img/0.png"]}])))
+
+
+@pytest.mark.parametrize("name, text", [("e.jsonl", ""), ("w.jsonl", "\n\n"), ("e.json", "[]"),
+                                        ("e.csv", "messages,images\n")])  # fmt: skip
+def test_a_file_without_rows_is_a_clear_error(tmp_path, name, text):
+    """`datasets` raises a bare StopIteration (empty JSONL) or 'Instruction "train" corresponds to no data'."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetFormatError, match=rf"{name}: the file has no rows"):
+        load_conversations(str(tmp_path / name))
+
+
 # ------------------------------------------------------------------------------------------------ bad data
 def _bad(tmp_path, rows):
     write_images(tmp_path)

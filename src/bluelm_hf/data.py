@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .configuration_bluelm_v import THINK_END_TOKEN, THINK_START_TOKEN
+from .configuration_bluelm_v import IMAGE_TOKEN, THINK_END_TOKEN, THINK_START_TOKEN
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
@@ -78,7 +78,12 @@ def load_conversations(
                 f"{path}: unknown file type {local.suffix!r}; use one of {sorted(FILE_BUILDERS)}, "
                 "a save_to_disk folder or an image folder with metadata"
             )
-        dataset = load_dataset(builder, data_files=str(local), split="train")
+        try:
+            dataset = load_dataset(builder, data_files=str(local), split="train")
+        except (StopIteration, ValueError) as error:  # what `datasets` raises for a file without rows
+            if isinstance(error, ValueError) and "corresponds to no data" not in str(error):
+                raise
+            raise DatasetFormatError(f"{path}: the file has no rows") from None
         base_dir = local.resolve().parent
     elif local.is_dir() and any((local / m).exists() for m in METADATA_FILES):
         dataset = load_dataset("imagefolder", data_dir=str(local), split="train")
@@ -169,7 +174,8 @@ def to_conversations(dataset, source: str = "dataset", base_dir: Path | None = N
     """`dataset` with `messages` normalised and `images` (list of images, `[]` for text rows) added or resolved.
 
     String contents become text blocks, with one image block per image in front of the first user turn (as
-    TRL's `prepare_multimodal_messages` does); an assistant text `<think>R</think>A` becomes
+    TRL's `prepare_multimodal_messages` does), or, where they mark places with `<image>` (LLaVA-style), one image
+    block at each place; an assistant text `<think>R</think>A` becomes
     `reasoning_content=R, content=A`. Relative image paths are resolved against `base_dir` (the data file's
     folder). Raises `DatasetFormatError` naming the row for every problem listed in the module docstring.
     """
@@ -177,6 +183,8 @@ def to_conversations(dataset, source: str = "dataset", base_dir: Path | None = N
     from datasets import List
 
     columns = dataset.column_names
+    if len(dataset) == 0:
+        raise DatasetFormatError(f"{source}: the dataset has no rows")
     if "messages" not in columns:
         hint = " (a GRPO prompt dataset: use recipes/grpo.py)" if "prompt" in columns else ""
         raise DatasetFormatError(
@@ -261,7 +269,10 @@ def normalise_messages(
         raise DatasetFormatError(f"{where}: `messages` must be a list of {{'role', 'content'}} turns")
     changed = False
     string_contents = all(isinstance(m.get("content"), str) for m in messages)
-    images_placed = False
+    # LLaVA-style rows mark where each image goes with `<image>` in string contents: those places are kept. Without
+    # any, the images go in front of the first user turn, as TRL's `prepare_multimodal_messages` puts them.
+    placeholders = string_contents and any(IMAGE_TOKEN in m["content"] for m in messages)
+    images_placed = placeholders
     turns = []
     for t, message in enumerate(messages):
         role = message.get("role")
@@ -270,7 +281,7 @@ def normalise_messages(
         content = message.get("content")
         if isinstance(content, str):
             changed = True
-            blocks = [{"type": "text", "text": content}]
+            blocks = _placeholder_blocks(content) if placeholders else [{"type": "text", "text": content}]
             if role == "user" and string_contents and not images_placed:
                 blocks = [{"type": "image", "text": None}] * num_images + blocks
                 images_placed = True
@@ -307,6 +318,17 @@ def normalise_messages(
             f"{where}: {num_images} image(s) in `images` but only {blocks} image block(s) in the messages"
         )
     return turns, changed
+
+
+def _placeholder_blocks(text: str) -> list[dict]:
+    """`"<image>\\nWhat is it?"` as an image block and the text around it (empty texts dropped)."""
+    blocks = []
+    for k, part in enumerate(text.split(IMAGE_TOKEN)):
+        if k:
+            blocks.append({"type": "image", "text": None})
+        if part:
+            blocks.append({"type": "text", "text": part})
+    return blocks
 
 
 def _split_think(blocks: list[dict], reasoning: str | None, where: str) -> tuple[list[dict], str | None, bool]:
