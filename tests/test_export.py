@@ -422,6 +422,18 @@ def test_bad_requests_are_refused_before_loading(tmp_path, model_dir):
         export_model(model_dir, tmp_path / "a", quant="int2")
     with pytest.raises(ValueError, match="kv_cache='int8' is only implemented for format='onnx'"):
         export_model(model_dir, tmp_path / "a", format="executorch", kv_cache="int8")
+    # A verification that could never pass: refused up front, not after a whole export is written (exit 2 said
+    # "nothing written" over a full export).
+    for tokens in (0, MIN_VERIFY_TOKENS - 1):
+        with pytest.raises(ValueError, match=rf"verify_tokens={tokens}: .* at least {MIN_VERIFY_TOKENS}"):
+            export_model(model_dir, tmp_path / "a", verify_tokens=tokens)
+    with pytest.raises(ValueError, match=rf"verify_tokens=5: .* at least {MIN_VERIFY_TOKENS}"):
+        quantize_export(tmp_path / "no-export", tmp_path / "a", "int8", verify_tokens=5)
+    # The KV-cache length of a .pte, checked against the model's positions before out_dir exists (0 was taken as
+    # "the default" by the CLI).
+    for length in (0, 1, 10**6):
+        with pytest.raises(ValueError, match=rf"max_cache_len \({length}\) <= max_position_embeddings \(\d+\)"):
+            export_model(model_dir, tmp_path / "a", format="executorch", max_cache_len=length)
     assert not (tmp_path / "a").exists()
 
 
@@ -539,6 +551,11 @@ def test_cli_exit_codes(tmp_path, model_dir, capsys):
     assert _cli([str(model_dir), str(tmp_path / "x"), "--format", "executorch", "--quant", "int4"]) == 2
     assert "not supported" in capsys.readouterr().out
     assert _cli([str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+    assert _cli([str(model_dir), str(tmp_path / "x"), "--verify-tokens", "0"]) == 2
+    assert "verify_tokens=0" in capsys.readouterr().out
+    assert _cli([str(model_dir), str(tmp_path / "x"), "--format", "executorch", "--max-cache-len", "0"]) == 2
+    assert "max_cache_len (0)" in capsys.readouterr().out
+    assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit):
         _cli([str(model_dir), str(tmp_path / "x"), "--quant", "int3"])
 

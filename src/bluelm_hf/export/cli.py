@@ -48,7 +48,7 @@ def add_export_subcommand(subparsers) -> Any:
         "--verify-tokens",
         type=int,
         default=MIN_VERIFY_TOKENS,
-        help=f"greedy tokens compared, EOS suppressed (default and minimum to pass: {MIN_VERIFY_TOKENS})",
+        help=f"greedy tokens compared, EOS suppressed (default and minimum: {MIN_VERIFY_TOKENS})",
     )
     parser.add_argument(
         "--max-cache-len",
@@ -73,7 +73,7 @@ def export_main(args) -> int:
             kv_cache=getattr(args, "kv_cache", "float32"),
             verify_tokens=getattr(args, "verify_tokens", MIN_VERIFY_TOKENS),
             low_memory=getattr(args, "low_memory", False),
-            **({"max_cache_len": args.max_cache_len} if getattr(args, "max_cache_len", None) else {}),
+            **({"max_cache_len": args.max_cache_len} if getattr(args, "max_cache_len", None) is not None else {}),
         )
     except ExportVerificationError as error:
         print(f"error: {error}")

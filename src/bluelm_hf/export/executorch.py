@@ -86,6 +86,20 @@ def runner_metadata(model, processor, max_seq_len: int, max_cache_len: int) -> d
     }
 
 
+def cache_lengths(config, max_seq_len: int | None = None, max_cache_len: int | None = None) -> tuple[int, int]:
+    """`(max_seq_len, max_cache_len)` of a `.pte` with their defaults (`max_position_embeddings`, then
+    `max_cache_len`); a ValueError with the numbers unless 2 <= max_seq_len <= max_cache_len <= positions."""
+    positions = int(getattr(config.text_config, "max_position_embeddings", 4096))
+    max_cache_len = positions if max_cache_len is None else int(max_cache_len)
+    max_seq_len = max_cache_len if max_seq_len is None else int(max_seq_len)
+    if not 2 <= max_seq_len <= max_cache_len <= positions:
+        raise ValueError(
+            f"need 2 <= max_seq_len ({max_seq_len}) <= max_cache_len ({max_cache_len}) <= max_position_embeddings "
+            f"({positions})"
+        )
+    return max_seq_len, max_cache_len
+
+
 def export_multimodal_program(model, processor, max_seq_len: int | None = None, max_cache_len: int | None = None):
     """`(ExecutorchProgramManager, metadata)`: the three methods traced with transformers' exporter machinery
     (`DynamoExporter.export_program` under the ExecuTorch patches and FX fixes `ExecutorchExporter` applies), lowered
@@ -107,15 +121,7 @@ def export_multimodal_program(model, processor, max_seq_len: int | None = None, 
     from transformers.exporters.exporter_executorch import _get_edge_compile_config
     from transformers.exporters.utils import apply_fx_node_fixes, apply_fx_program_fixes, apply_patches
 
-    text = model.config.text_config
-    positions = int(getattr(text, "max_position_embeddings", 4096))
-    max_cache_len = int(max_cache_len or positions)
-    max_seq_len = int(max_seq_len or max_cache_len)
-    if not 2 <= max_seq_len <= max_cache_len <= positions:
-        raise ValueError(
-            f"need 2 <= max_seq_len ({max_seq_len}) <= max_cache_len ({max_cache_len}) <= max_position_embeddings "
-            f"({positions})"
-        )
+    max_seq_len, max_cache_len = cache_lengths(model.config, max_seq_len, max_cache_len)
     model = model.eval().requires_grad_(False)
     tile = model.config.vision_config.image_size
     generator = torch.Generator().manual_seed(0)

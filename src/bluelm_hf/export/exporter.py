@@ -34,7 +34,14 @@ SUPPORTED = {("onnx", q) for q in QUANTS} | {("executorch", "none")}
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
 
 
-def _validate_request(format: str, quant: str, kv_cache: str) -> None:
+def _validate_request(format: str, quant: str, kv_cache: str, verify_tokens: int | None = None) -> None:
+    """A ValueError for a request that cannot be exported (or, verified over `verify_tokens`, could never pass),
+    before anything is loaded or written."""
+    if verify_tokens is not None and verify_tokens < MIN_VERIFY_TOKENS:
+        raise ValueError(
+            f"verify_tokens={verify_tokens}: a verification compares at least {MIN_VERIFY_TOKENS} greedy tokens "
+            "(verify=False, --no-verify, skips it)"
+        )
     if format not in FORMATS:
         raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if quant not in QUANTS:
@@ -309,7 +316,7 @@ def export_model(
     is about the checkpoint plus the largest component in float32 (docs/export.md, "Real size within a RAM budget").
     Verification then loads the model in float32 (4 bytes per parameter) next to the export.
     """
-    _validate_request(format, quant, kv_cache)
+    _validate_request(format, quant, kv_cache, verify_tokens if verify else None)
     if max_cache_len is not None and format != "executorch":
         raise ValueError("max_cache_len is an ExecuTorch option (the KV cache inside model.pte); ONNX caches grow")
     if low_memory and format != "onnx":
@@ -317,6 +324,10 @@ def export_model(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     # Before touching out_dir: a bad model leaves it alone.
     model, processor = load_for_export(model_dir, dtype="auto" if low_memory else torch.float32)
+    if format == "executorch":
+        from .executorch import cache_lengths
+
+        cache_lengths(model.config, max_cache_len=max_cache_len)  # a bad length is refused before out_dir exists
     prepare_out_dir(out_dir, model_dir, overwrite)
 
     sample = verification_sample(model, processor, prompt, image)
@@ -360,7 +371,7 @@ def quantize_export(
 
     from .modeling import read_manifest
 
-    _validate_request("onnx", quant, "float32")
+    _validate_request("onnx", quant, "float32", verify_tokens if verify else None)
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     manifest = read_manifest(export_dir)
     kv_dtype = manifest["kv_cache"]["dtype"]
