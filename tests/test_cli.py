@@ -59,6 +59,7 @@ def test_an_empty_question_is_a_usage_error(capsys):
         (["eval", "--batch-size", "-1"], "--batch-size: must be >= 1, got -1"),
         (["eval", "--budget", "-1"], "--budget: must be >= 0, got -1"),
         (["assemble", "v", "l", "out", "--max-grid-size", "0"], "--max-grid-size: must be >= 1, got 0"),
+        (["card", "model", "--run-eval", "--n", "0"], "--n: must be >= 1, got 0"),
     ],
 )
 def test_an_out_of_range_count_is_a_usage_error_before_any_model_loads(capsys, monkeypatch, argv, message):

@@ -48,6 +48,9 @@ def test_train_and_eval_never_share_a_colour_sequence():
     assert len(eval_keys) > 500
     # make_eval_set is the eval stream of NANO_EVAL_SEED.
     assert nano_task.make_eval_set(4)["colours"] == [list(s.colours) for s in held_out[:4]]
+    for n in (0, -2, 2.0):  # datasets' own error was `Keys mismatch` between features and an empty table
+        with pytest.raises(ValueError, match=rf"a nano eval set needs n >= 1 samples, got {n!r}"):
+            nano_task.make_eval_set(n)
     with pytest.raises(ValueError, match="split"):
         draw_sample(0, 0, "test")
 

@@ -46,7 +46,7 @@ def _question(text: str) -> str:
     return text
 
 
-def _at_least(low: int):
+def at_least(low: int):
     """argparse type: a whole number >= `low`; anything else is a usage error that says the number."""
 
     def parse(text: str) -> int:
@@ -129,7 +129,7 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--think", action=argparse.BooleanOptionalAction, default=True, help="thinking mode (default: on)"
     )
-    parser.add_argument("--budget", type=_at_least(0), default=None, help="thinking-token budget (default: unlimited)")
+    parser.add_argument("--budget", type=at_least(0), default=None, help="thinking-token budget (default: unlimited)")
     parser.add_argument(
         "--release-vision",
         action="store_true",
@@ -153,15 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="ask a question about an image (default: nano + bundled example)")
     chat.add_argument("question", nargs="?", default=None, type=_question, help=f"default: {DEFAULT_QUESTION!r}")
     chat.add_argument("--image", default=None, help="image file (default: the bundled example strip)")
-    chat.add_argument("--max-new-tokens", type=_at_least(1), default=256)
+    chat.add_argument("--max-new-tokens", type=at_least(1), default=256)
     _add_generation_args(chat)
     chat.set_defaults(func=cmd_chat)
 
     evaluate = sub.add_parser("eval", help="accuracy on the nano task's held-out split")
-    evaluate.add_argument("--n", type=_at_least(1), default=500, help="held-out questions (default 500)")
+    evaluate.add_argument("--n", type=at_least(1), default=500, help="held-out questions (default 500)")
     evaluate.add_argument(
         "--batch-size",
-        type=_at_least(1),
+        type=at_least(1),
         default=None,
         help="default 32; an export traced for one batch size (int8 KV, ExecuTorch: 1) always runs at that size",
     )
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("lm", help="causal LM with its tokenizer (path or Hub id)")
     assemble.add_argument("out", help="output folder")
     assemble.add_argument("--dtype", default=None, help="one dtype for the whole model (default: the LM's)")
-    assemble.add_argument("--max-grid-size", type=_at_least(1), default=4, help="AnyRes grid limit (default 4: up to 4x4 tiles)")
+    assemble.add_argument("--max-grid-size", type=at_least(1), default=4, help="AnyRes grid limit (default 4: up to 4x4 tiles)")
     assemble.set_defaults(func=cmd_assemble)
 
     from .export import add_export_subcommand

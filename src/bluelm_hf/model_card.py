@@ -23,6 +23,8 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+from .cli import at_least
+
 #: The card template, shipped in the package so `bluelm-hf card` works from an install. Pass `template=` to use
 #: another one.
 DEFAULT_TEMPLATE = Path(__file__).with_name("assets") / "model_card.md.j2"
@@ -378,7 +380,7 @@ def add_card_subcommand(subparsers):
                         help="run the evaluations now: non-thinking plus each of --budgets")
     parser.add_argument("--budgets", default="0,2,4,8,16,unlimited",
                         help="thinking budgets for --run-eval (default 0,2,4,8,16,unlimited)")
-    parser.add_argument("--n", type=int, default=500, help="held-out questions per setting for --run-eval")
+    parser.add_argument("--n", type=at_least(1), default=500, help="held-out questions per setting for --run-eval")
     parser.add_argument("--save-eval", default=None, metavar="FILE",
                         help="with --run-eval: also write the results as JSON lines, for --eval-json later")
     parser.add_argument("--training-json", default=None, metavar="FILE",

@@ -376,6 +376,8 @@ def make_dataset(n: int, seed: int = NANO_TRAIN_SEED, split: str = "train"):
     """
     from datasets import Dataset
 
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"a nano {split} set needs n >= 1 samples, got {n!r}")
     rows = []
     for i in range(n):
         s = draw_sample(seed, i, split)
