@@ -265,7 +265,8 @@ def test_llava_style_image_placeholders_keep_their_places(tmp_path, tiny_process
     rendered = tiny_processor.apply_chat_template(dataset[0]["messages"], tokenize=False)
     assert "[|Human|]:Compare <image> and\n<image>, please." in rendered, rendered
     inputs = tiny_processor(text=[rendered], images=dataset[0]["images"])
-    per_image = [tiny_processor.image_processor.get_number_of_image_tokens(i.height, i.width) for i in dataset[0]["images"]]
+    image_processor = tiny_processor.image_processor
+    per_image = [image_processor.get_number_of_image_tokens(i.height, i.width) for i in dataset[0]["images"]]
     assert inputs["input_ids"][0].count(tiny_processor.image_token_id) == sum(per_image)
     with pytest.raises(DatasetFormatError, match=r"row 0: 2 image block\(s\) in the messages but 1 image\(s\)"):
         load_conversations(str(write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "images": ["img/0.png"]}])))

@@ -176,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("lm", help="causal LM with its tokenizer (path or Hub id)")
     assemble.add_argument("out", help="output folder")
     assemble.add_argument("--dtype", default=None, help="one dtype for the whole model (default: the LM's)")
-    assemble.add_argument("--max-grid-size", type=at_least(1), default=4, help="AnyRes grid limit (default 4: up to 4x4 tiles)")
+    assemble.add_argument(
+        "--max-grid-size", type=at_least(1), default=4, help="AnyRes grid limit (default 4: up to 4x4 tiles)"
+    )
     assemble.set_defaults(func=cmd_assemble)
 
     from .export import add_export_subcommand
