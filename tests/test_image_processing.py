@@ -427,10 +427,10 @@ def test_do_convert_rgb_false_arrays_and_mixed_channels(cls, tmp_path):
     la = PIL.Image.new("LA", (16, 16), (90, 0))
     la.save(tmp_path / "la.png")
     for source in (str(tmp_path / "la.png"), png_bytes(la)):
-        for given in (source, processor.fetch_images(source)):
-            kept = processor(given, do_convert_rgb=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+        for passed in (source, processor.fetch_images(source)):
+            kept = processor(passed, do_convert_rgb=False, do_normalize=False, return_tensors="pt")["pixel_values"]
             assert kept.shape == (1, 2, 16, 16) and kept[0, 0, 8, 8] == pytest.approx(90 / 255)
-            assert rgb_of(processor(given, return_tensors="pt")["pixel_values"], 0, 8, 8) == WHITE
+            assert rgb_of(processor(passed, return_tensors="pt")["pixel_values"], 0, 8, 8) == WHITE
     rgba = np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8)
     for layout, array in (("channels_last", rgba), ("channels_first", np.moveaxis(rgba, -1, 0))):
         out = processor(array, do_convert_rgb=False, input_data_format=layout, image_mean=[0.0] * 4,

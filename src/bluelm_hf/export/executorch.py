@@ -121,6 +121,7 @@ def export_multimodal_program(model, processor, max_seq_len: int | None = None, 
     from transformers.exporters.exporter_executorch import _get_edge_compile_config
     from transformers.exporters.utils import apply_fx_node_fixes, apply_fx_program_fixes, apply_patches
 
+    text = model.config.text_config
     max_seq_len, max_cache_len = cache_lengths(model.config, max_seq_len, max_cache_len)
     model = model.eval().requires_grad_(False)
     tile = model.config.vision_config.image_size

@@ -20,7 +20,6 @@ from .verification import MIN_VERIFY_TOKENS, ExportVerificationError, verificati
 from .wrappers import (
     DecoderForExport,
     EmbedTokensAndImagesForExport,
-    EmbedTokensForExport,
     VisionEncoderForExport,
     dynamic_shapes,
     kv_shape,
@@ -504,15 +503,11 @@ def _build_manifest(model, processor, exported, out_dir: Path, format, quant, kv
         tool_manifest = json.loads((out_dir / "export.json").read_text())
         components = {}
     total = runner["size_bytes"] if runner is not None else 0
-    for name, entry in tool_manifest["components"].items():
-        files = [entry["file"]] + ([f"{entry['file']}.data"] if format == "onnx" else [])
-        files = [f for f in files if (out_dir / f).exists()]
+    for name, entry in tool_manifest["components"].items():  # ONNX graphs (ExecuTorch's one .pte is `runner`)
+        files = [f for f in (entry["file"], f"{entry['file']}.data") if (out_dir / f).exists()]
         size = _dir_size([out_dir / f for f in files])
         total += size
-        if format == "onnx":
-            inputs, outputs = _io_spec(out_dir, entry)
-        else:
-            inputs, outputs = _component_io_executorch(model, name)
+        inputs, outputs = _io_spec(out_dir, entry)
         quantizer = plan.get(name)
         components[name] = {
             "file": entry["file"],
