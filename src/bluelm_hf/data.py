@@ -272,7 +272,7 @@ def normalise_messages(
     # LLaVA-style rows mark where each image goes with `<image>` in string contents: those places are kept. Without
     # any, the images go in front of the first user turn, as TRL's `prepare_multimodal_messages` puts them.
     placeholders = string_contents and any(IMAGE_TOKEN in m["content"] for m in messages)
-    images_placed = placeholders
+    images_placed = False
     turns = []
     for t, message in enumerate(messages):
         role = message.get("role")
@@ -281,10 +281,13 @@ def normalise_messages(
         content = message.get("content")
         if isinstance(content, str):
             changed = True
-            blocks = _placeholder_blocks(content) if placeholders else [{"type": "text", "text": content}]
-            if role == "user" and string_contents and not images_placed:
-                blocks = [{"type": "image", "text": None}] * num_images + blocks
-                images_placed = True
+            if placeholders:
+                blocks = _placeholder_blocks(content)
+            else:
+                blocks = [{"type": "text", "text": content}]
+                if role == "user" and string_contents and not images_placed:
+                    blocks = [{"type": "image", "text": None}] * num_images + blocks
+                    images_placed = True
         elif isinstance(content, list):
             blocks = []
             for block in content:

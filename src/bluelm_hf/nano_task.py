@@ -61,6 +61,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import numbers
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -376,7 +377,7 @@ def make_dataset(n: int, seed: int = NANO_TRAIN_SEED, split: str = "train"):
     """
     from datasets import Dataset
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"a nano {split} set needs n >= 1 samples, got {n!r}")
     rows = []
     for i in range(n):
